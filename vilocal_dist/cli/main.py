@@ -1,0 +1,61 @@
+"""`vilocal` entry point: a thin dispatcher over one module per subcommand.
+
+Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)``, which adds its parser and
+sets ``func=run`` where ``run(args) -> int`` is the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from vilocal_dist import __version__
+from vilocal_dist.errors import VilocalError
+
+#: Subcommand modules under vilocal_dist.cli, in --help order.
+SUBCOMMANDS: tuple[str, ...] = ("data",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vilocal",
+        description=(
+            "Video inpainting forensics on Ray: manufacture forged videos with per-video "
+            "inpainting, train the ViLocal detector (stage 1 contrastive, stage 2 focal), "
+            "localize inpainted regions, sweep hyperparameters; everything logged to MLflow."
+        ),
+        epilog="Run `vilocal COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"vilocal_dist {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"vilocal_dist.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # MLflow writes a telemetry file on import unless told not to; nothing here should phone home.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except VilocalError as exc:
+        # User-fixable problem: one line naming the file and the problem, no traceback.
+        print(f"vilocal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vilocal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
