@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -33,7 +34,9 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    """Commit of the checkout this package runs from ('unknown' outside a git checkout)."""
+    """Commit of this code: $VILOCAL_GIT_COMMIT (set in images without .git), else the checkout's."""
+    if os.environ.get("VILOCAL_GIT_COMMIT"):
+        return os.environ["VILOCAL_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
