@@ -39,9 +39,8 @@ from vilocal_dist.paths import REPO_ROOT
 #: The job's command line; ``{out}`` becomes an absolute output folder. Once the demo exists,
 #: switch to "python -m vilocal_dist demo --preset smoke" and make `check_job_outputs` call
 #: `assert_mlflow_records` (the job is pointed at a fresh SQLite store either way).
-JOB_ENTRYPOINT = (
-    "python -m vilocal_dist data compose --out {out} --videos 1 --frames 6 --size 32x48 --seed 0"
-)
+#: The main job at its smallest: compose → forge fan-out → Ray Train stages 1+2 → evaluation.
+JOB_ENTRYPOINT = "python -m vilocal_dist demo --preset smoke --sweep none --out {out}"
 
 #: Logical CPUs of the test head: the entrypoint itself takes none, a Tune trial's driver one.
 HEAD_NUM_CPUS = 2
@@ -260,18 +259,22 @@ def assert_mlflow_records(tracking_uri: str) -> None:
 
 
 def check_job_outputs(out_dir: Path, tracking_uri: str, log: str) -> None:
-    """What `JOB_ENTRYPOINT` must have left: one composed 6-frame 32×48 video in DAVIS layout."""
-    import cv2
+    """What `JOB_ENTRYPOINT` must have left: a forged dataset, a summary, and MLflow records."""
+    import json
 
-    for folder in ("JPEGImages", "Annotations", "Backgrounds"):
-        sequences = sorted((out_dir / folder / "480p").iterdir())
-        assert len(sequences) == 1, f"{folder}: expected one sequence, found {sequences}"
-        frames = sorted(sequences[0].glob("*.png"))
-        assert len(frames) == 6, f"{sequences[0]}: expected 6 PNG frames, found {len(frames)}"
-        image = cv2.imread(str(frames[0]), cv2.IMREAD_UNCHANGED)
-        assert image is not None and image.shape[:2] == (32, 48), f"{frames[0]}: shape {getattr(image, 'shape', None)}"
-    # The job's stdout reaches the submitter: compose prints each sequence it wrote.
-    assert str(out_dir / "JPEGImages" / "480p") in log
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["tracking_uri"] == tracking_uri, "the job did not use the MLflow store it was pointed at"
+    lines = (out_dir / "forged" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 8, f"expected 4 videos x 2 methods in the manifest, found {len(lines)}"
+    assert {row["method"] for row in summary["evaluation"]} >= {"telea", "ns"}
+    # The job's stdout reaches the submitter: the demo prints its table and where results went.
+    assert "open the dashboard" in log and str(out_dir / "summary.json") in log
+    assert_mlflow_records(tracking_uri)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    names = {e.name for e in client.search_experiments()}
+    assert {"vilocal-forge", "vilocal-train", "vilocal-demo"} <= names, names
 
 
 @pytest.mark.ray

@@ -174,6 +174,7 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
     import mlflow
     import ray
 
+    from vilocal_dist.distributed.tuning import init_ray
     from vilocal_dist.tracking import log_json, mlflow_run, storage_path, tracking_uri, ui_command
 
     out = out.resolve()
@@ -184,10 +185,10 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
     timings: dict[str, float] = {}
     with PeakMemory() as mem:
         _step(1, total, f"starting Ray (local) · MLflow store {uri}")
-        if not ray.is_initialized():
-            # Logical CPUs: the trainer's workers + the Tune driver; on 2 cores they time-share.
-            ray.init(num_cpus=max(os.cpu_count() or 2, preset.workers + 2), include_dashboard=True,
-                     log_to_driver=False, runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}})
+        # Inside `ray job submit` RAY_ADDRESS names the cluster; otherwise a local Ray with enough
+        # logical CPUs for the trainer's workers + a Tune driver (on 2 cores they time-share).
+        init_ray(address=os.environ.get("RAY_ADDRESS"), num_cpus=max(os.cpu_count() or 2, preset.workers + 2))
+        print(f"Ray resources: {ray.cluster_resources()}", flush=True)
         # Each stage opens its own MLflow runs (forge/sweep parents, train stages); MLflow allows one
         # active run per process, so the demo's own summary run is written after them.
         t = time.perf_counter()
