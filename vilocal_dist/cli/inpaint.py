@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--preview", choices=("mp4", "mkv", "none"), default="mp4", help="preview video (mkv = lossless FFV1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--auto-lambda", action="store_true",
+        help="choose IIVI's λ_a/λ_s for this video: a small Ray Tune sweep scored by the self-validation "
+             "PSNR on held-out known pixels (no ground truth needed); keeps the best result",
+    )
+    p.add_argument("--lambda-samples", type=int, default=None, metavar="N",
+                   help="with --auto-lambda: N Optuna TPE samples instead of the default 3×3 grid")
     p.set_defaults(func=run)
 
 
@@ -182,7 +189,18 @@ def run(args: argparse.Namespace) -> int:
     workdir = (args.workdir or out / ".work").expanduser()
     log.info("inpainting %d frames of %dx%d with %s", len(frames), frames.shape[2], frames.shape[1], args.method)
     started = time.perf_counter()
-    result = method(frames, masks, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)
+    lambda_table = None
+    if args.auto_lambda:
+        from vilocal_dist.distributed.auto_lambda import auto_lambda
+        from vilocal_dist.distributed.tuning import init_ray
+
+        init_ray(address=os.environ.get("RAY_ADDRESS"))
+        result, lambda_table = auto_lambda(
+            frames, masks, num_samples=args.lambda_samples, base_cfg=cfg, method=args.method, seed=args.seed,
+            verbose=0 if args.quiet else 1,
+        )
+    else:
+        result = method(frames, masks, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)
     seconds = time.perf_counter() - started
     if result.frames.shape != frames.shape or result.frames.dtype != np.uint8:
         raise RuntimeError(f"{args.method} returned {result.frames.dtype} {result.frames.shape}, expected {frames.shape}")
@@ -199,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         "outputs": {"frames": "frames", "masks": "masks", "preview": preview},
         "vilocal_dist_version": __version__,
     }
+    if lambda_table is not None:
+        record["auto_lambda"] = lambda_table
     _write_json_atomic(out / "result.json", record)
     print(f"wrote {out} ({len(frames)} frames, {args.method}, {seconds:.1f} s)")
     return 0
