@@ -263,3 +263,15 @@ def test_decode_benchmark_on_small_file(tmp_path: Path) -> None:
     assert result["frames"] == 8 and (result["height"], result["width"]) == (48, 64)
     assert result["decode_fps"] > 0 and result["peak_rss_mib"] >= result["baseline_rss_mib"] > 0
     assert os.path.exists(result["video"])
+
+
+def test_libx265_refuses_narrow_frames_instead_of_crashing(tmp_path):
+    # libx265 corrupts the heap and aborts on frames narrower than 64 px; we refuse cleanly.
+    import numpy as np
+
+    from vilocal_dist.errors import ConfigError
+    from vilocal_dist.video.io import encode_roundtrip
+
+    frames = np.zeros((2, 64, 48, 3), np.uint8)
+    with pytest.raises(ConfigError, match="64 px wide"):
+        encode_roundtrip(frames, codec="libx265", crf=23)

@@ -394,6 +394,9 @@ def _encode(
                 height, width = frame.shape[:2]
                 if PIX_FMTS[codec] == "yuv420p" and (height % 2 or width % 2):
                     raise ConfigError(f"{codec} (4:2:0) needs an even frame size, got {width}x{height}")
+                if codec == "libx265" and width < 64:
+                    # libx265 aborts the whole process (heap corruption) on narrower frames.
+                    raise ConfigError(f"libx265 needs frames at least 64 px wide, got {width}x{height}")
                 stream = container.add_stream(codec, rate=fps)
                 stream.width, stream.height, stream.pix_fmt = width, height, PIX_FMTS[codec]
                 if preset and codec in ("libx264", "libx265"):
