@@ -1,0 +1,418 @@
+"""What the four protocols share: config files, the forged dataset, trained models, Ray tasks.
+
+A protocol's config is a YAML mapping (``sweeps/experiments/NAME.yaml``; the tiny variant
+``NAME-tiny.yaml`` is merged over it) plus ``--set a.b=value`` overrides. Sections every
+training protocol shares:
+
+* ``data`` (:class:`DataSpec`): which source videos are forged, at what size, and the split;
+* ``methods`` / ``method_cfgs``: inpainting methods that forge them, and their options;
+* ``train``: :class:`~vilocal_dist.engines.config.TrainConfig` keys;
+* ``eval`` (:class:`EvalSpec`): how test videos are scored.
+
+Work is cached under ``workdir`` (default ``$VILOCAL_HOME/experiments``) by content, so
+protocols that need the same forged dataset or the same trained detector share it, and a rerun
+after an interruption redoes only what is missing::
+
+    WORKDIR/forged/<hash of data + methods>/   forged dataset (Tune fan-out, skips complete videos)
+    WORKDIR/models/<hash of train + data + methods>/model.pt, outcome.json
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from vilocal_dist.errors import ConfigError, InputError
+from vilocal_dist.paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+#: Where the protocol YAMLs live in a checkout.
+SPEC_DIR = REPO_ROOT / "sweeps" / "experiments"
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def check_keys(d: Any, allowed: Sequence[str], where: str, source: str | Path | None) -> dict[str, Any]:
+    """``d`` as a dict whose keys are all in ``allowed``; else a ConfigError naming the closest key."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(d).__name__}", source)
+    for key in d:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown key {name!r}{hint}; known: {', '.join(allowed)}", source)
+    return dict(d)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read experiment config ({exc.strerror})", path) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML ({exc})", path) from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError("an experiment config must be a mapping of key: value", path)
+    return dict(loaded)
+
+
+def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.stage1_epochs": 2, "codecs": ["x264"]}`` over ``cfg`` (dotted keys reach into sections)."""
+    out = copy.deepcopy(dict(cfg))
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        node = out
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {key!r} is not a section (it holds {child!r})")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (cache keys, run names)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def workdir_of(cfg: Mapping[str, Any]) -> Path:
+    """``cfg['workdir']`` or ``$VILOCAL_HOME/experiments`` (absolute; created)."""
+    from vilocal_dist.tracking.setup import home_dir
+
+    path = Path(cfg.get("workdir") or home_dir() / "experiments").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def from_mapping(cls: type, d: Mapping[str, Any] | None, where: str, source: str | Path | None) -> Any:
+    """A frozen config dataclass from a mapping; unknown keys and wrong types are ConfigErrors."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    d = check_keys(d or {}, names, where, source)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in d.items():
+        default = defaults[key]
+        if isinstance(default, tuple):
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif type(value) is not type(default):
+            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}", source)
+        values[key] = value
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The videos a protocol forges and how they are split (``data:`` section)."""
+
+    sources: tuple[str, ...] = ()  # "davis" (the shared root), DAVIS roots (every sequence), folders, videos
+    composed: int = 0  # plus N built-in composed videos (seeds seed … seed+N-1)
+    frames: int = 24  # frames per composed video
+    size_h: int = 240  # composed size, and resize of the other sources
+    size_w: int = 432
+    max_frames: int = 0  # use at most this many frames of each source (0 = all)
+    test_fraction: float = 0.25  # share of SOURCE videos in the test split
+    seed: int = 0
+    cpus_per_trial: float = 1.0  # forge fan-out resources
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0
+    retries: int = 1
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str | Path | None = None) -> DataSpec:
+        spec = from_mapping(cls, d, "data", source)
+        if spec.composed < 0 or spec.frames < 1 or spec.size_h < 16 or spec.size_w < 16:
+            raise ConfigError("data: composed ≥ 0, frames ≥ 1 and a size of at least 16×16 are needed", source)
+        if not spec.sources and spec.composed == 0:
+            raise ConfigError("data: give sources: [...] and/or composed: N", source)
+        if not 0.0 < spec.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {spec.test_fraction}", source)
+        return spec
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the dataset's content (not how fast it is made)."""
+        skip = {"cpus_per_trial", "gpus_per_trial", "max_concurrent", "retries"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def resolve_sources(specs: Sequence[str]) -> list[str]:
+    """Source specs with ``davis`` replaced by the shared DAVIS root (``$VILOCAL_DAVIS_ROOT``)."""
+    from vilocal_dist.paths import davis_root
+
+    return [str(davis_root()) if spec == "davis" else spec for spec in specs]
+
+
+def forge_dataset(
+    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
+) -> Path:
+    """Forge every source with every method (Tune fan-out, one trial per video × method) into a
+    folder keyed by what it contains; complete videos are never redone. Returns the folder."""
+    from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
+
+    cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
+    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
+    size = (data.size_h, data.size_w)
+    videos = expand_sources(resolve_sources(data.sources), composed=data.composed, frames=data.frames, size=size,
+                            seed=data.seed)
+    jobs = plan_jobs(videos, list(methods), method_cfgs={m: c for m, c in cfgs.items() if c},
+                     test_fraction=data.test_fraction, seed=data.seed)
+    splits = {job["split"] for job in jobs}
+    if splits != {"train", "test"}:
+        raise ConfigError(f"data: every source video landed in the {splits.pop()} split; add videos or change "
+                          f"data.test_fraction ({data.test_fraction}) or data.seed")
+    resize = size if data.sources else (0, 0)  # composed videos are generated at the size already
+    opts = ForgeOptions(
+        out=str(out), seed=data.seed, test_fraction=data.test_fraction, size_h=resize[0], size_w=resize[1],
+        max_frames=data.max_frames, cpus_per_trial=data.cpus_per_trial, gpus_per_trial=data.gpus_per_trial,
+        max_concurrent=data.max_concurrent, retries=data.retries,
+    )
+    summary = forge(jobs, opts)
+    if summary.failed:
+        raise InputError(f"forging failed for {', '.join(summary.failed)}; rerun the experiment to retry them", out)
+    return out
+
+
+def manifest_sha256(data: Path) -> str:
+    return hashlib.sha256((data / "manifest.jsonl").read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A stage-2 detector trained (or found in the cache) for one condition."""
+
+    key: str
+    checkpoint: Path  # model.pt (optimizer state dropped)
+    methods: tuple[str, ...]  # inpainting methods it was trained on
+    run_ids: tuple[str, ...]  # MLflow runs of its training stages
+    best_metrics: Mapping[str, float]
+    reused: bool  # found complete in the cache, nothing trained now
+
+
+def architecture_fingerprint(model_name: str) -> str:
+    """Hash of the parameter names and shapes this build gives ``model_name``: a cached detector
+    from an older build of the network is never reused (its weights would not load)."""
+    from vilocal_dist.models import create_model
+
+    state = create_model(model_name).state_dict()
+    return config_hash({name: list(tensor.shape) for name, tensor in state.items()})
+
+
+def train_model(
+    cfg: Any, data: Path, methods: Sequence[str], *, workers: int, experiment: str, workdir: Path,
+    stage: str = "both",
+) -> TrainedModel:
+    """Train ViLocal on Ray Train (``cfg``: a TrainConfig; ``stage`` as for
+    ``distributed.train.train``, default both stages) on the train split of ``methods``, or reuse
+    the cached model trained with the same config and stages on the same data.
+
+    The Ray Train run name is the cache key, so an interrupted training resumes when rerun.
+    """
+    from vilocal_dist.distributed.train import train
+    from vilocal_dist.engines.checkpoint import load_checkpoint, save_checkpoint
+
+    methods = tuple(sorted(methods))
+    identity = {"train": cfg.to_dict(), "data": manifest_sha256(data), "methods": methods,
+                "architecture": architecture_fingerprint(cfg.model)}
+    key = config_hash(identity if stage == "both" else {**identity, "stage": stage})
+    folder = workdir / "models" / key
+    done = folder / "outcome.json"
+    if done.is_file() and (folder / "model.pt").is_file():
+        record = json.loads(done.read_text())
+        log.info("model %s: reusing the detector trained on %s", key, "+".join(methods))
+        return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], True)
+    outcomes = train(stage, cfg, data, run_name=f"exp-{key}", methods=list(methods), workers=workers,
+                     experiment=experiment)
+    final = outcomes[-1]
+    with final.ray_checkpoint.as_directory() as ckpt_dir:
+        ckpt = load_checkpoint(ckpt_dir)
+    save_checkpoint({**ckpt, "optim_state": None}, folder / "model.pt")
+    record = {
+        "key": key, "methods": list(methods), "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
+        "run_ids": [o.mlflow_run_id for o in outcomes], "checkpoints": [o.checkpoint for o in outcomes],
+        "best_metrics": dict(final.best_metrics),
+    }
+    write_text_atomic(done, json.dumps(record, indent=2, sort_keys=True))
+    return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], False)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How test videos are scored (``eval:`` section)."""
+
+    threshold: float = 0.5
+    batch_size: int = 4
+    cpus: float = 1.0  # per Ray evaluation task
+    gpus: float = 0.0  # per task; > 0 scores on CUDA
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str | Path | None = None) -> EvalSpec:
+        spec = from_mapping(cls, d, "eval", source)
+        if not 0.0 < spec.threshold < 1.0 or spec.batch_size < 1 or spec.cpus <= 0 or spec.gpus < 0:
+            raise ConfigError("eval: threshold in (0, 1), batch_size ≥ 1, cpus > 0 and gpus ≥ 0 are needed", source)
+        return spec
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+
+def _call_limited(fn: Callable[[Any], Any], item: Any, threads: int) -> Any:
+    from vilocal_dist.distributed.tuning import limit_threads
+
+    limit_threads(threads)
+    return fn(item)
+
+
+def ray_map(fn: Callable[[Any], Any], items: Sequence[Any], *, cpus: float = 1.0, gpus: float = 0.0,
+            desc: str = "tasks") -> list[Any]:
+    """``[fn(item) for item in items]`` as Ray tasks (as many at once as the cluster fits), in order.
+
+    ``fn`` must be a module-level function. Each task pins torch/OpenCV to ``cpus`` threads so
+    concurrent tasks do not oversubscribe the cores.
+    """
+    import ray
+    from tqdm import tqdm
+
+    from vilocal_dist.distributed.tuning import init_ray
+
+    init_ray()
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_call_limited)
+    refs = [task.remote(fn, item, max(1, int(cpus))) for item in items]
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="task", disable=len(refs) < 2) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(ready))
+    return ray.get(refs)
+
+
+def compact_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an evaluation the tables use: pooled F1/IoU overall and per method, frames, and
+    the trivial "every pixel forged" predictor on the same frames (the floor a detector must beat)."""
+    def brief(s: Mapping[str, Any]) -> dict[str, float]:
+        return {"f1": s["pooled"]["f1"], "iou": s["pooled"]["iou"], "frames": s["frames"], "videos": s["videos"]}
+
+    return {"all": brief(scores), "by_method": {m: brief(s) for m, s in scores.get("by_method", {}).items()},
+            "all_forged": dict(scores["baselines"]["all_ones"]["pooled"])}
+
+
+def baseline_note(score: Mapping[str, Any]) -> str:
+    """The caption sentence naming the trivial predictor's IoU/F1 on the same test frames."""
+    floor = score["all_forged"]
+    return f"Predicting every pixel forged scores {pair(floor['iou'], floor['f1'])} on these frames."
+
+
+# ----------------------------------------------------------------------------- training protocols
+
+#: Top-level keys every protocol accepts.
+COMMON_KEYS = ("description", "experiment", "workdir")
+#: Sections of the protocols that forge a dataset and train detectors on it.
+SETUP_KEYS = ("data", "methods", "method_cfgs", "train", "workers", "eval")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Forged data, the detector's training config and how it is scored: shared by the
+    generalization, compression and ablation protocols."""
+
+    data: DataSpec
+    methods: tuple[str, ...]  # inpainting methods forged (test split: all of them)
+    method_cfgs: Mapping[str, Mapping[str, Any]]
+    train: Any  # TrainConfig
+    workers: int  # Ray Train workers per training run
+    eval: EvalSpec
+
+
+def method_list(value: Any, where: str, source: str | Path | None, *, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    """A non-empty list of distinct registered inpainting methods (and within ``known`` if given)."""
+    from vilocal_dist.inpaint.base import get_method
+
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value):
+        raise ConfigError(f"{where} must be a non-empty list of distinct method names, got {value!r}", source)
+    for name in value:
+        get_method(str(name))  # unknown names fail here, with a suggestion
+        if known is not None and name not in known:
+            raise ConfigError(f"{where}: {name!r} is not among the forged methods {list(known)}", source)
+    return tuple(str(v) for v in value)
+
+
+def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
+    """Validate the shared sections of a training protocol's config."""
+    from vilocal_dist.engines.config import TrainConfig
+
+    methods = method_list(raw.get("methods"), "methods", source)
+    cfgs = raw.get("method_cfgs") or {}
+    check_keys(cfgs, methods, "method_cfgs", source)
+    if not all(isinstance(v, Mapping) for v in cfgs.values()):
+        raise ConfigError("method_cfgs must map a method to a mapping of its options", source)
+    workers = raw.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be an integer ≥ 1, got {workers!r}", source)
+    return Setup(
+        data=DataSpec.from_dict(raw.get("data"), source),
+        methods=methods,
+        method_cfgs={m: dict(c) for m, c in cfgs.items()},
+        train=TrainConfig.from_dict(raw.get("train") or {}, source=source),
+        workers=workers,
+        eval=EvalSpec.from_dict(raw.get("eval"), source),
+    )
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def pair(iou: float | None, f1: float | None, digits: int = 2) -> str:
+    """The papers' ``IoU/F1`` cell, e.g. ``0.66/0.77``; missing values show as ``–``."""
+    def num(x: float | None) -> str:
+        return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+    return f"{num(iou)}/{num(f1)}"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
