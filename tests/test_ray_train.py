@@ -1,0 +1,95 @@
+"""Ray Train: both stages on 2 CPU workers, MLflow runs, checkpoints, resume, failures end FAILED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vilocal_dist.data.composed import compose_video
+from vilocal_dist.engines.checkpoint import load_checkpoint
+from vilocal_dist.engines.config import TrainConfig
+from vilocal_dist.engines.forge import forge_local
+
+pytestmark = pytest.mark.ray
+
+SIZE = (32, 48)
+EXPERIMENT = "test-train"
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forged")
+    videos = [compose_video(seed, 5, SIZE) for seed in range(3)]
+    forge_local(root, videos, ["telea"], splits={v.name: s for v, s in zip(videos, ["train", "train", "test"])},
+                progress=False)
+    return root
+
+
+def _cfg(**changes) -> TrainConfig:
+    base = dict(model="vilocal_tiny", size_h=SIZE[0], size_w=SIZE[1], compress_fraction=0.0,
+                stage1_epochs=1, stage2_epochs=1)
+    return TrainConfig(**{**base, **changes})
+
+
+def _client():
+    import mlflow
+
+    from vilocal_dist.tracking import tracking_uri
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri())
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_both_stages_then_resume(ray_local, mlflow_home, forged):
+    from vilocal_dist.distributed.train import train
+
+    s1, s2 = train("both", _cfg(), forged, run_name="demo", workers=2, experiment=EXPERIMENT)
+    # One train video of 5 frames (the other is held out for validation); DistributedSampler pads
+    # the 5 clips to 3 per worker, so an epoch is 6 samples seen.
+    per_epoch = 6
+
+    # Checkpoints: one model.pt per stage, stage 2 built on stage 1's (best) encoder.
+    c1, c2 = load_checkpoint(s1.checkpoint), load_checkpoint(s2.checkpoint)
+    assert (c1["stage"], c1["epoch"], c2["stage"], c2["epoch"]) == (1, 0, 2, 0)
+    assert Path(s1.checkpoint).parent == mlflow_home / "ray" / "demo-stage1"
+    assert all(torch.equal(v, c2["model_state"][k]) for k, v in c1["model_state"].items() if k.startswith("encoder."))
+    assert c2["train_config"]["model"] == "vilocal_tiny"
+
+    client = _client()
+    for outcome, metrics in ((s1, ["train/loss", "val/loss"]), (s2, ["train/loss", "val/loss", "val/f1", "val/iou"])):
+        run = client.get_run(outcome.mlflow_run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["vilocal.run_name"] == outcome.run_name
+        assert run.data.params["workers"] == "2" and run.data.params["stage"] == str(outcome.stage)
+        assert run.data.params["tau"] == "0.1" and run.data.params["alpha"] == "0.5"
+        for key in metrics:
+            history = _history(client, outcome.mlflow_run_id, key)
+            assert [step for step, _ in history] == [per_epoch]  # x-axis: samples seen
+        artifacts = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
+        assert {"config.json", "model"} <= artifacts
+        assert [a.path for a in client.list_artifacts(outcome.mlflow_run_id, "model")] == ["model/model.pt"]
+    assert len(client.list_artifacts(s2.mlflow_run_id, "examples")) >= 1
+
+    # Rerun stage 1 under the same name with one more epoch: it resumes from epoch 0's checkpoint.
+    (r1,) = train("1", _cfg(stage1_epochs=2), forged, run_name="demo", workers=2, experiment=EXPERIMENT)
+    assert r1.resumed and r1.mlflow_run_id == s1.mlflow_run_id
+    assert _history(client, r1.mlflow_run_id, "epoch") == [(per_epoch, 0.0), (2 * per_epoch, 1.0)]
+    assert sorted(p.name for p in (mlflow_home / "ray" / "demo-stage1").glob("epoch_*")) == ["epoch_0000", "epoch_0001"]
+    val_losses = [v for _, v in _history(client, r1.mlflow_run_id, "val/loss")]
+    assert r1.best_metrics["val/loss"] == pytest.approx(min(val_losses))
+    assert client.get_run(r1.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_a_failing_worker_ends_the_run_failed(ray_local, mlflow_home, forged):
+    from vilocal_dist.distributed.train import train
+
+    # 30×46 is not divisible by the encoder's stride 4: the model raises inside the workers.
+    with pytest.raises(Exception, match="divisible"):
+        train("1", _cfg(size_h=30, size_w=46), forged, run_name="broken", workers=1, experiment=EXPERIMENT)
+    runs = _client().search_runs([_client().get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -1,0 +1,178 @@
+"""Tune plumbing shared by the forge, the sweeps and auto-λ: stable experiment folders, resume,
+per-trial thread limits, concurrency sizing, the MLflow parent run and result rows.
+
+Stable names: an experiment lives at ``storage_path()/<name>`` (no timestamps), so rerunning
+with ``resume=True`` finds it and ``Tuner.restore`` continues it: finished trials are kept, the
+unfinished and errored ones run again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+from ray import tune
+
+from vilocal_dist.distributed.tune_mlflow import numeric_metrics
+from vilocal_dist.tracking.runs import mlflow_run
+from vilocal_dist.tracking.setup import ensure_experiment, storage_path, tracking_uri
+
+#: Finished trials after which this driver process interrupts its run (None = never). A process
+#: setting, not part of the experiment: Tune pickles callbacks with the experiment, and a resumed
+#: run must not inherit the budget of the session that started it.
+_SESSION = {"budget": None, "finished": 0}
+
+
+def limit_threads(n: int = 1) -> None:
+    """Pin torch / OpenCV / BLAS to ``n`` threads inside a trial: concurrent trials on one machine
+    would otherwise each start a thread per core and slow each other down."""
+    import cv2
+    import torch
+
+    n = max(1, int(n))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (a cluster, or ``$RAY_ADDRESS``) or start a local Ray; no-op when
+    Ray is already up. The dashboard stays on: Ray Train inside Tune needs its State API."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if not address else None,
+        include_dashboard=True,
+        # Attaching to a cluster (e.g. inside `ray job submit`) the job's own runtime env applies;
+        # Ray refuses to merge a second one that sets the same variables.
+        runtime_env=None if address else {"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
+    )
+
+
+def driver_env() -> dict[str, str]:
+    """Where this driver records (MLflow URI, Ray storage, home), resolved to absolute values.
+
+    Trials run in worker processes whose environment and working directory are not the
+    driver's; a trial that records on its own (e.g. ``train_stage``'s MLflow runs) adopts these
+    with ``adopt_env`` so everything lands in the driver's store, not in a per-trial temp dir.
+    """
+    from vilocal_dist.tracking.setup import home_dir
+
+    return {"MLFLOW_TRACKING_URI": tracking_uri(), "VILOCAL_STORAGE": storage_path(), "VILOCAL_HOME": str(home_dir())}
+
+
+def adopt_env(env: Mapping[str, str]) -> None:
+    """Inside a trial: use the driver's recording locations (see ``driver_env``)."""
+    os.environ.update(env)
+
+
+def experiment_path(name: str, root: str | None = None) -> str:
+    """``<storage_path()>/<name>`` (local folder or s3://, gs:// URI)."""
+    base = root or storage_path()
+    return f"{base.rstrip('/')}/{name}"
+
+
+def can_resume(path: str) -> bool:
+    return tune.Tuner.can_restore(path)
+
+
+def set_session_budget(trials: int | None) -> None:
+    """Interrupt this process's next ``Tuner.fit`` after ``trials`` trials finish (None = never),
+    exactly like Ctrl-C: the experiment state is saved and ``--resume`` continues it."""
+    _SESSION["budget"] = trials
+    _SESSION["finished"] = 0
+
+
+class SessionBudget(tune.Callback):
+    """Counts finished trials and interrupts the run when the session budget is spent."""
+
+    def _count(self) -> None:
+        _SESSION["finished"] += 1
+        budget = _SESSION["budget"]
+        # Tune's own SIGUSR1 handler (installed in the main thread only) turns this into a
+        # graceful stop; without that handler the signal would kill the process, so don't.
+        handler = signal.getsignal(signal.SIGUSR1)
+        if budget is not None and _SESSION["finished"] >= budget and callable(handler):
+            if threading.current_thread() is threading.main_thread():
+                _SESSION["budget"] = None
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._count()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._count()
+
+
+def is_complete(results: Any, expected: int) -> bool:
+    """Whether a ResultGrid holds ``expected`` trials, all ended (TERMINATED or ERROR); False
+    after an interruption (Ctrl-C, a session budget), when ``resume`` has work left."""
+    return len(results) >= expected and results.num_terminated + results.num_errors == len(results)
+
+
+def default_concurrency(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> int:
+    """How many trials fit on the running cluster at once (at least 1)."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = [math.floor(res.get("CPU", 1) / cpus_per_trial + 1e-9)]
+    if gpus_per_trial > 0:
+        fits.append(math.floor(res.get("GPU", 0) / gpus_per_trial + 1e-9))
+    return max(1, min(fits))
+
+
+def find_parent_run(experiment: str, path: str, uri: str | None = None) -> str | None:
+    """Id of the newest parent run recorded for the experiment folder ``path`` (for resume)."""
+    import mlflow
+
+    uri = tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(
+        [ensure_experiment(experiment, uri)],
+        filter_string=f"tags.`vilocal.tune_path` = '{path}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+@contextmanager
+def parent_run(
+    experiment: str, name: str, *, path: str, resume: bool, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+) -> Iterator[Any]:
+    """The sweep's parent run (reopened on resume, so one sweep keeps one parent). It always ends."""
+    run_id = find_parent_run(experiment, path) if resume else None
+    all_tags = {"vilocal.tune_path": path, "vilocal.role": "parent", **(tags or {})}
+    with mlflow_run(experiment, name, params=params, tags=all_tags, run_id=run_id) as run:
+        yield run
+
+
+def result_rows(results: Any, extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One flat row per trial of a ResultGrid, ordered by trial id (a restored grid gives the same
+    rows): trial id, status, ``extra(config)`` (e.g. the searched parameters), last metrics.
+
+    Status: ERROR, TERMINATED (ran to its end) or STOPPED (early-stopped, or cut by an
+    interruption).
+    """
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        status = "ERROR" if result.error else ("TERMINATED" if metrics.get("done") else "STOPPED")
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id") or os.path.basename(str(result.path)),
+            "status": status,
+            **(extra(dict(result.config or {})) if extra else {}),
+            "iterations": metrics.get("training_iteration", 0),
+        }
+        for key, value in numeric_metrics(metrics).items():
+            row.setdefault(key, value)
+        rows.append(row)
+    return sorted(rows, key=lambda r: str(r["trial_id"]))

@@ -1,0 +1,182 @@
+"""The ViLocal training configuration: one frozen dataclass of flat scalars for both stages.
+
+Defaults reproduce the paper (reference-code.md): stage 1 AdamW lr 5e-4, wd 1e-4, cosine to 5e-6,
+10 epochs; stage 2 AdamW lr 1e-4, wd 1e-4, cosine to 1e-6, 5 epochs; batch 2; τ = 0.1, α = 0.5,
+γ = 2; 5-frame clips at 240×432, a quarter of them H.264 CRF 23. Both stages live in one flat
+dataclass so one YAML file, one ``--set tau=0.2`` and one Tune search space cover ``--stage both``;
+stage-specific fields carry a ``stage1_``/``stage2_`` prefix.
+
+Load order: defaults < YAML file < ``--set key=value`` overrides. Unknown keys are a ConfigError
+that suggests the closest known key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from vilocal_dist.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """The optimisation settings of one stage (what the loops read)."""
+
+    epochs: int
+    lr: float
+    min_lr: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a ViLocal training run (both stages)."""
+
+    model: str = "vilocal"  # preset name for vilocal_dist.models.create_model
+    size_h: int = 240  # clips are resized to size_h × size_w (bilinear; masks nearest)
+    size_w: int = 432
+    compress_fraction: float = 0.25  # share of training clips H.264-compressed (paper: 1/4)
+    crf: int = 23
+    batch_size: int = 2  # per worker
+    seed: int = 0
+    val_fraction: float = 0.1  # share of the train-split *source videos* held out for validation
+    max_train_clips: int = 0  # 0 = every clip; >0 = an evenly spaced subset (quick demos)
+    max_val_clips: int = 0
+    loader_workers: int = 0
+    # stage 1: encoder + supervised pixel contrastive loss
+    stage1_epochs: int = 10
+    stage1_lr: float = 5e-4
+    stage1_min_lr: float = 5e-6
+    stage1_weight_decay: float = 1e-4
+    tau: float = 0.1
+    contrast_samples: int = 3000  # max anchors / negatives sampled per frame
+    # stage 2: frozen encoder + decoder + focal loss
+    stage2_epochs: int = 5
+    stage2_lr: float = 1e-4
+    stage2_min_lr: float = 1e-6
+    stage2_weight_decay: float = 1e-4
+    alpha: float = 0.5
+    gamma: float = 2.0
+    threshold: float = 0.5  # for val/f1 and val/iou
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.tau > 0, f"tau must be > 0, got {self.tau}"),
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}"),
+            (0.0 < self.threshold < 1.0, f"threshold must be in (0, 1), got {self.threshold}"),
+            (self.size_h > 0 and self.size_w > 0, f"size must be positive, got {self.size_h}x{self.size_w}"),
+            (0.0 <= self.compress_fraction <= 1.0, f"compress_fraction must be in [0, 1], got {self.compress_fraction}"),
+            (0 <= self.crf <= 51, f"crf must be in [0, 51], got {self.crf}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.max_train_clips >= 0 and self.max_val_clips >= 0, "max_*_clips must be >= 0"),
+            (self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}"),
+            (self.contrast_samples >= 2, f"contrast_samples must be >= 2, got {self.contrast_samples}"),
+        ]
+        for stage in (1, 2):
+            o = self.optim(stage)
+            checks += [
+                (o.epochs >= 1, f"stage{stage}_epochs must be >= 1, got {o.epochs}"),
+                (o.lr > 0, f"stage{stage}_lr must be > 0, got {o.lr}"),
+                (0 <= o.min_lr <= o.lr, f"stage{stage}_min_lr must be in [0, stage{stage}_lr], got {o.min_lr}"),
+                (o.weight_decay >= 0, f"stage{stage}_weight_decay must be >= 0, got {o.weight_decay}"),
+            ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def optim(self, stage: int) -> OptimSpec:
+        """Epochs, learning rates and weight decay of ``stage`` (1 or 2)."""
+        if stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, got {stage}")
+        p = f"stage{stage}_"
+        return OptimSpec(
+            epochs=getattr(self, p + "epochs"),
+            lr=getattr(self, p + "lr"),
+            min_lr=getattr(self, p + "min_lr"),
+            weight_decay=getattr(self, p + "weight_decay"),
+        )
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.size_h, self.size_w)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | Path | None = None) -> "TrainConfig":
+        """Build from a flat dict; unknown keys and wrongly typed values are ConfigErrors."""
+        _check_keys(d, source)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{key: _coerce(key, value, fields[key].type, source) for key, value in d.items()})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _check_keys(d: Mapping[str, Any], source: str | Path | None) -> None:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in d:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown training config key {key!r}{hint}", source)
+
+
+def _coerce(key: str, value: Any, type_name: Any, source: str | Path | None) -> Any:
+    """Check/convert one value to its field type (ints are accepted where floats are expected)."""
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(type_name), type_name)
+    if kind in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}", source) from None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}", source)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["tau=0.2", "model=vilocal_tiny"]`` -> ``{"tau": 0.2, "model": "vilocal_tiny"}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot parse value ({exc})") from exc
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, **defaults: Any
+) -> TrainConfig:
+    """Defaults (plus ``defaults``, e.g. model from ``--preset``) < YAML ``path`` < ``overrides``."""
+    values: dict[str, Any] = dict(defaults)
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config ({exc.strerror})", path) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML ({exc})", path) from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError("a training config must be a mapping of key: value", path)
+        _check_keys(loaded or {}, path)  # unknown keys name the YAML file they came from
+        values.update(loaded or {})
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values, source=path)

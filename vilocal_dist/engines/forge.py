@@ -1,0 +1,112 @@
+"""Forge videos: remove the masked objects of a source video by inpainting, store the result.
+
+``forge_video`` is the unit of work (one source × one method) that the tests, the demo and the
+Ray Tune fan-out all call; ``forge_local`` loops over sources × methods in one process. The
+stored mask of a forged video is the source's object mask, i.e. exactly the region the method
+was asked to fill (``composite`` keeps every other pixel untouched).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from vilocal_dist.data.composed import ComposedVideo
+from vilocal_dist.data.manifest import ForgedDataset, split_for, video_id, write_forged_video
+from vilocal_dist.data.sources import VideoSource, load_video, open_source
+from vilocal_dist.errors import InputError
+from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.video.io import resize_frame, resize_mask
+
+Source = str | Path | VideoSource | ComposedVideo
+
+
+def source_name(source: Source) -> str:
+    """The name a source's forged videos are filed under (manifest ``source_video``)."""
+    return source.name if isinstance(source, (ComposedVideo, VideoSource)) else open_source(source).name
+
+
+def _load(source: Source, size: tuple[int, int] | None, max_frames: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(frames uint8 T×H×W×3, masks bool T×H×W, spec string) of any source."""
+    if isinstance(source, ComposedVideo):
+        frames, masks = source.frames[:max_frames], source.masks[:max_frames]
+        if size is not None:
+            frames = np.stack([resize_frame(f, size) for f in frames])
+            masks = np.stack([resize_mask(m, size) for m in masks])
+        spec = f"composed:{'-'.join(str(s) for s in source.meta.get('seed', []))}"
+        return frames, masks, spec
+    src = open_source(source)
+    frames, masks = load_video(src, size=size, max_frames=max_frames)
+    return frames, masks, src.spec
+
+
+def forge_video(
+    source: Source,
+    method: str,
+    out_root: str | Path,
+    *,
+    cfg: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    split: str,
+    size: tuple[int, int] | None = None,
+    max_frames: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Inpaint ``source``'s masked objects with ``method`` and add the video to the dataset at
+    ``out_root``; returns its manifest record. A video already complete there is not redone."""
+    dataset = ForgedDataset(out_root)
+    name = source_name(source)
+    vid = video_id(name, method)
+    for record in dataset.records():
+        if record["id"] == vid:
+            return record
+    inpaint = get_method(method)  # unknown names fail before any decoding
+    frames, masks, spec = _load(source, size, max_frames)
+    if not masks.any():
+        raise InputError("the source's masks are empty: there is nothing to remove", spec)
+    result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress,
+                     workdir=Path(out_root) / ".work" / vid)
+    record = {
+        "source_video": name,
+        "source": spec,
+        "method": method,
+        "split": split,
+        "config": result.config,
+        "seed": seed,
+        "metrics": result.metrics,
+        "size": list(frames.shape[1:3]),
+        "max_frames": max_frames,
+    }
+    return write_forged_video(out_root, record, result.frames, masks)
+
+
+def forge_local(
+    out_root: str | Path,
+    sources: Iterable[Source],
+    methods: Iterable[str],
+    *,
+    cfgs: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    splits: Mapping[str, str] | None = None,
+    size: tuple[int, int] | None = None,
+    max_frames: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Forge every source with every method, one after another (no Ray).
+
+    A source's split comes from ``splits[name]`` when given, else from a hash of its name
+    (``data.manifest.split_for``), so all forgeries of one scene share a split.
+    """
+    sources, methods = list(sources), list(methods)
+    records = []
+    jobs = [(s, m) for s in sources for m in methods]
+    for source, method in tqdm(jobs, desc="forge", unit="video", disable=not progress):
+        name = source_name(source)
+        split = (splits or {}).get(name) or split_for(name, test_fraction, seed)
+        records.append(forge_video(source, method, out_root, cfg=(cfgs or {}).get(method), seed=seed,
+                                   split=split, size=size, max_frames=max_frames))
+    return records

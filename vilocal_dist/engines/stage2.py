@@ -1,0 +1,107 @@
+"""Stage 2: freeze the stage-1 encoder and train the light decoder with the focal loss (α, γ).
+
+Same shape as stage 1: optimizer and loaders, (resume), then per epoch train, validate (focal
+loss plus pixel F1 / IoU at ``cfg.threshold``, pooled over frames) and hand the epoch to
+``runtime.on_epoch_end``. ``val/f1`` (higher is better) selects the best stage-2 checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vilocal_dist.engines.checkpoint import checkpoint_dict
+from vilocal_dist.engines.config import TrainConfig
+from vilocal_dist.engines.loop import (
+    EpochEnd, Runtime, StageResult, cosine_lr, make_loader, maybe_ddp, reduce_sums, set_epoch, set_lr, world,
+)
+from vilocal_dist.engines.metrics import frame_scores
+from vilocal_dist.losses import focal_loss
+from vilocal_dist.models import ViLocal, autocast_context
+
+STAGE = 2
+SELECTION_METRIC, SELECTION_MODE = "val/f1", "max"
+
+
+def train_stage2(
+    cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, *, model: ViLocal, runtime: Runtime | None = None
+) -> StageResult:
+    """Train ``model.decoder`` on top of ``model.encoder`` (frozen) for ``cfg.stage2_epochs``."""
+    rt = runtime or Runtime()
+    device, (rank, _) = rt.device, world()
+    spec = cfg.optim(STAGE)
+    model = model.to(device)
+    # Frozen means frozen: no gradients, and eval mode so BatchNorm statistics and dropout stay
+    # exactly as stage 1 left them.
+    model.encoder.requires_grad_(False)
+    decoder = maybe_ddp(model.decoder, device)
+    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
+    val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
+    steps_per_epoch = len(train_loader)
+    total_steps = spec.epochs * steps_per_epoch
+
+    start_epoch, samples_seen = 0, 0
+    if rt.resume is not None:
+        model.load_state_dict(rt.resume["model_state"])
+        optimizer.load_state_dict(rt.resume["optim_state"])
+        start_epoch, samples_seen = rt.resume["epoch"] + 1, rt.resume["samples_seen"]
+
+    def snapshot(epoch: int, metrics: dict[str, float]) -> dict:  # this stage's checkpoint, now
+        return checkpoint_dict(model, model_name=cfg.model, stage=STAGE, epoch=epoch, samples_seen=samples_seen,
+                               train_config=cfg.to_dict(), metrics=metrics, optimizer=optimizer)
+
+    history: list[dict[str, float]] = []
+    for epoch in range(start_epoch, spec.epochs):
+        set_epoch(train_loader, epoch, cfg.seed)
+        model.encoder.eval()
+        decoder.train()
+        loss_sum, count = 0.0, 0
+        bar = tqdm(train_loader, desc=f"stage 2 epoch {epoch + 1}/{spec.epochs}", leave=False,
+                   disable=not rt.progress or rank != 0)
+        for i, batch in enumerate(bar):
+            set_lr(optimizer, cosine_lr(epoch * steps_per_epoch + i, total_steps, spec.lr, spec.min_lr))
+            clip, mask = batch["clip"].to(device), batch["mask"].to(device)
+            with torch.no_grad(), autocast_context(device):
+                features = model.encoder(clip)
+            with autocast_context(device):
+                logits = decoder(features, out_size=tuple(clip.shape[-2:]))
+            loss = focal_loss(logits.float(), mask, alpha=cfg.alpha, gamma=cfg.gamma)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(clip)
+            count += len(clip)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        train = reduce_sums({"loss": loss_sum, "n": count}, device)
+        samples_seen += int(train["n"])
+        metrics = {"train/loss": train["loss"] / max(train["n"], 1), **validate_stage2(model, val_loader, cfg, device),
+                   "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
+        history.append(metrics)
+        if rt.on_epoch_end is not None:
+            rt.on_epoch_end(EpochEnd(STAGE, epoch, samples_seen, metrics, lambda: snapshot(epoch, metrics), rank))
+    return StageResult(model, history, snapshot(epoch, metrics) if history else None)
+
+
+@torch.no_grad()
+def validate_stage2(model: ViLocal, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Focal loss and per-frame F1 / IoU (mean over all validation frames, all workers)."""
+    model.eval()
+    sums = {"loss": 0.0, "f1": 0.0, "iou": 0.0, "n": 0.0}
+    for batch in loader:
+        clip, mask = batch["clip"].to(device), batch["mask"].to(device)
+        with autocast_context(device):
+            logits = model(clip)["pred_mask"].float()
+        sums["loss"] += focal_loss(logits, mask, alpha=cfg.alpha, gamma=cfg.gamma)["loss"].item() * len(clip)
+        pred, gt = (logits.sigmoid() > cfg.threshold).flatten(1), (mask > 0.5).flatten(1)
+        f1, iou = frame_scores(
+            (pred & gt).sum(1).cpu().numpy(), (pred & ~gt).sum(1).cpu().numpy(), (~pred & gt).sum(1).cpu().numpy()
+        )
+        sums["f1"] += float(f1.sum())
+        sums["iou"] += float(iou.sum())
+        sums["n"] += len(clip)
+    total = reduce_sums(sums, device)
+    n = max(total["n"], 1)
+    return {"val/loss": total["loss"] / n, "val/f1": total["f1"] / n, "val/iou": total["iou"] / n}

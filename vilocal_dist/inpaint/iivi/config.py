@@ -1,0 +1,87 @@
+"""IIVIConfig: every option of one IIVI fit, flat scalars (a Tune space and MLflow params take it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vilocal_dist.errors import ConfigError
+from vilocal_dist.inpaint.base import check_cfg
+from vilocal_dist.inpaint.iivi.generator import PRESETS
+from vilocal_dist.inpaint.vgg import layer_names
+
+
+@dataclass(frozen=True)
+class IIVIConfig:
+    """Defaults follow the paper (appendix A.2/A.3) except where noted."""
+
+    preset: str = "paper"  # generator size: 'paper' (base width 48) or 'tiny' (tests, CPU demos)
+    iters_recon: int = 60_000  # phase 1: reconstruction loss only
+    iters_reg: int = 20_000  # phase 2: + λ_a·L_amb + λ_s·L_stab
+    lr: float = 2e-4  # Adam
+    batch: int = 5  # frames per step (authors' code)
+    lambda_a: float = 0.1  # anti-ambiguity weight
+    lambda_s: float = 0.2  # stabilisation weight
+    vgg_layer: str = "relu3_4"  # VGG-19 layer of L_amb (paper; the authors' code uses conv4_2)
+    vgg_weights: str | None = None  # torchvision-layout VGG-19 state dict; None: $VILOCAL_VGG19_WEIGHTS
+    random_vgg: bool = False  # opt in to a fixed-seed random VGG-19 when no weights exist
+    size_h: int = 0  # working resolution (authors' code: 320×600); 0 = native
+    size_w: int = 0
+    dilate: int = 12  # square kernel dilating the holes before training (authors' code: 12); 0 = off
+    holdout: float = 0.05  # fraction of known pixels held out for self-validation; 0 = paper-exact
+    boundary_aware: bool = False  # paper's boundary-aware translation sampling (absent in their code)
+    ckpt_every: int = 1000  # iterations between checkpoints in workdir
+    device: str = "auto"  # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    recompute: bool = False  # activation checkpointing: ~4× less activation memory, ~⅓ more compute
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.preset not in PRESETS:
+            problems.append(f"preset {self.preset!r} not in {sorted(PRESETS)}")
+        if self.iters_recon < 0 or self.iters_reg < 0 or self.iters_recon + self.iters_reg < 1:
+            problems.append("iters_recon, iters_reg must be ≥ 0 with at least one iteration in all")
+        if self.batch < 1 or self.lr <= 0 or self.ckpt_every < 1:
+            problems.append("batch, lr and ckpt_every must be positive")
+        if self.lambda_a < 0 or self.lambda_s < 0:
+            problems.append("lambda_a, lambda_s must be ≥ 0")
+        if self.vgg_layer not in layer_names("vgg19"):
+            problems.append(f"vgg_layer {self.vgg_layer!r} is not a VGG-19 layer")
+        if (self.size_h == 0) != (self.size_w == 0) or self.size_h < 0 or self.size_w < 0:
+            problems.append("size_h and size_w must both be 0 (native) or both positive")
+        if self.dilate < 0 or not 0 <= self.holdout < 0.5:
+            problems.append("dilate must be ≥ 0 and holdout in [0, 0.5)")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            problems.append(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if problems:
+            raise ConfigError("iivi: " + "; ".join(problems))
+
+    @property
+    def total_iters(self) -> int:
+        return self.iters_recon + self.iters_reg
+
+    @property
+    def needs_vgg(self) -> bool:
+        return self.iters_reg > 0 and self.lambda_a > 0
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any] | None) -> IIVIConfig:
+        """Build from a plain dict (YAML, Tune, CLI); unknown keys and wrong types are ConfigErrors."""
+        merged = check_cfg(cfg, asdict(cls()), "iivi")
+        return cls(**{f.name: _coerce(f.name, merged[f.name], getattr(cls, f.name)) for f in fields(cls)})
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    # Tune and YAML hand over 1e3-style floats for ints and ints for floats; accept what is lossless.
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, str) or (value is None and default is None):
+        return value
+    raise ConfigError(f"iivi: option {name}={value!r} has the wrong type (default {default!r})")

@@ -1,0 +1,157 @@
+"""``fit_one_video``: train IIVI on one video and return the composited result (no Ray, no MLflow).
+
+Checkpoints (model, Adam, iteration, RNG state, smoothed losses, config) go to ``workdir`` every
+``ckpt_every`` iterations by atomic replace; a rerun with the same workdir, video, config and seed
+continues from the last one and reaches the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vilocal_dist.errors import ConfigError
+from vilocal_dist.inpaint.base import InpaintResult, check_inputs, composite, register_method
+from vilocal_dist.inpaint.iivi.augment import dilate_masks
+from vilocal_dist.inpaint.iivi.config import IIVIConfig
+from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
+from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
+
+CKPT_NAME = "iivi_state.pt"
+# Options that change neither the data nor the optimisation path: a resume may alter them.
+_RESUMABLE_CHANGES = ("ckpt_every", "device", "amp", "recompute")
+
+
+def to_working_size(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (area-resampled) and masks at the working resolution; a working pixel is a hole if
+    any of the native pixels it covers is (so no object pixel leaks in through resampling)."""
+    if cfg.size_h == 0 or frames.shape[1:3] == (cfg.size_h, cfg.size_w):
+        return frames, masks
+    size = (cfg.size_w, cfg.size_h)
+    small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    small_masks = np.stack([cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0 for m in masks])
+    return small, small_masks
+
+
+def _to_native(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Float ``T×h×w×3`` in [0, 1] → uint8 at native ``(H, W)``."""
+    if pred.shape[1:3] != shape:
+        pred = np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in pred])
+    return np.clip(np.rint(pred * 255), 0, 255).astype(np.uint8)
+
+
+def _fingerprint(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(frames.tobytes())
+    h.update(np.packbits(masks).tobytes())
+    h.update(repr({k: v for k, v in sorted(asdict(cfg).items()) if k not in _RESUMABLE_CHANGES}).encode())
+    h.update(str(seed).encode())
+    return h.hexdigest()
+
+
+def _save(path: Path, trainer: IIVITrainer, cfg: IIVIConfig, fingerprint: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({**trainer.state_dict(), "config": asdict(cfg), "fingerprint": fingerprint}, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, trainer: IIVITrainer, fingerprint: str) -> None:
+    if not path.is_file():
+        return
+    state = torch.load(path, map_location=trainer.device, weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            "checkpoint belongs to another video, config or seed; use a fresh workdir or delete it", path
+        )
+    trainer.load_state_dict(state)
+
+
+def fit_one_video(
+    frames: np.ndarray,
+    masks: np.ndarray,
+    cfg: IIVIConfig | dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    workdir: Path | str | None = None,
+    gt_frames: np.ndarray | None = None,
+) -> InpaintResult:
+    """Inpaint ``masks`` (bool T×H×W, True = hole) in ``frames`` (uint8 T×H×W×3) with IIVI.
+
+    Returns the composited video (original pixels outside ``masks``) and metrics: ``train/*`` losses
+    (smoothed), ``selfval/psnr`` on held-out known pixels (when ``cfg.holdout`` > 0), and
+    ``true/hole_psnr`` when the true backgrounds ``gt_frames`` (uint8 T×H×W×3) are given.
+    """
+    check_inputs(frames, masks)
+    cfg = cfg if isinstance(cfg, IIVIConfig) else IIVIConfig.from_dict(cfg)
+    if gt_frames is not None and gt_frames.shape != frames.shape:
+        raise ValueError(f"gt_frames shape {gt_frames.shape} differs from frames {frames.shape}")
+    device = resolve_device(cfg.device)
+    small, small_masks = to_working_size(frames, masks, cfg)
+    holes = dilate_masks(small_masks, cfg.dilate)
+    holdout = holdout_masks(holes, cfg.holdout, seed)
+    trainer = IIVITrainer(VideoTensors.from_numpy(small, holes, holdout, device), cfg, seed=seed, device=device)
+
+    ckpt, fingerprint = None, _fingerprint(frames, masks, cfg, seed)
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        ckpt = Path(workdir) / CKPT_NAME
+        _resume(ckpt, trainer, fingerprint)
+    start_iter, start = trainer.iteration, time.perf_counter()
+    with tqdm(total=cfg.total_iters, initial=start_iter, desc="iivi", disable=not progress, unit="it") as bar:
+        while trainer.iteration < cfg.total_iters:
+            trainer.step()
+            bar.update(1)
+            if trainer.iteration % 25 == 0:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in trainer.logs.items()})
+            if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or trainer.iteration == cfg.total_iters):
+                _save(ckpt, trainer, cfg, fingerprint)
+    seconds = time.perf_counter() - start
+
+    pred = _to_native(trainer.predict(), frames.shape[1:3])
+    out = composite(pred, frames, masks)  # held-out pixels lie outside masks: they get their true values
+    metrics = {f"train/{k}": v for k, v in trainer.logs.items()}
+    metrics |= {"train/iters": float(trainer.iteration), "train/seconds": seconds}
+    if trainer.iteration > start_iter:
+        metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(seconds, 1e-9)
+    if cfg.holdout > 0:
+        native_holdout = _to_native_mask(holdout, frames.shape[1:3]) & ~masks
+        metrics["selfval/psnr"] = holdout_psnr(pred, frames, native_holdout)
+    if gt_frames is not None:
+        metrics["true/hole_psnr"] = holdout_psnr(out, gt_frames, masks)  # PSNR restricted to the hole
+    vgg = trainer.vgg.describe() if trainer.vgg is not None else "unused"
+    config = {**asdict(cfg), "vgg": vgg, "seed": seed, "method": "iivi"}
+    return InpaintResult(frames=out, metrics=metrics, config=config)
+
+
+def _to_native_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape[1:] == shape:
+        return mask
+    size = (shape[1], shape[0])
+    return np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in mask])
+
+
+@register_method("iivi")
+def iivi(
+    frames: np.ndarray,
+    masks: np.ndarray,
+    cfg: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    workdir: Path | None = None,
+    gt_frames: np.ndarray | None = None,
+) -> InpaintResult:
+    """Registry entry: ``cfg`` is a plain dict of ``IIVIConfig`` fields (unknown keys rejected)."""
+    return fit_one_video(
+        frames, masks, IIVIConfig.from_dict(cfg), seed=seed, progress=progress, workdir=workdir, gt_frames=gt_frames
+    )
