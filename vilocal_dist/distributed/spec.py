@@ -1,25 +1,12 @@
-"""Sweep specs: a small, explicit YAML schema, validated completely before anything starts.
+"""Sweep specs: a small, explicit YAML schema (see sweeps/README.md), validated completely
+before anything starts.
 
-One spec file holds either one sweep or, under ``sweeps:``, several named sub-sweeps (the demo
-runs a τ sweep and a λ sweep from one file)::
-
-    kind: vilocal-contrastive | vilocal-focal | inpaint-regularizers
-    name: vilocal-contrastive       # experiment folder under storage_path() (stable: resumable)
-    experiment: vilocal-sweep-train # MLflow experiment (default: one per sweep family)
-    metric: val/f1
-    mode: max
-    num_samples: 16
-    seed: 0                         # Optuna TPE seed
-    search_space:
-      tau: {type: loguniform, low: 0.03, high: 0.5}
-    scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: 15}   # or: none
-    resources: {cpus_per_trial: 1, gpus_per_trial: 0, workers_per_trial: 1, max_concurrent: 0}
-    data: {...}                     # per kind, see KINDS
-    base: {...}                     # fixed TrainConfig / inpainting-method config
-
-Every search range must be legal as a whole: both bounds (and every choice) are put through the
-same config validation a single run uses (so τ ≤ 0, α outside [0, 1], negative λ are rejected).
-Errors are ConfigErrors naming the spec file and the offending key.
+One file holds one sweep or, under ``sweeps:``, several named sub-sweeps. Top-level keys:
+kind, name, experiment, metric, mode, num_samples, seed, search_space ({param: {type:
+loguniform|uniform|quniform|choice, low, high[, q] | values}}), scheduler (asha or none),
+resources, data, base. Every search range must be legal as a whole: both bounds (and every
+choice) go through the same config validation a single run uses, so τ ≤ 0, α outside [0, 1] or a
+negative λ anywhere in a range is rejected. Errors are ConfigErrors naming the file and the key.
 """
 
 from __future__ import annotations
