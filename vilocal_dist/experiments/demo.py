@@ -22,21 +22,21 @@ DEMO_EXPERIMENT = "vilocal-demo"
 
 @dataclass(frozen=True)
 class DemoPreset:
-    """Sizes of one demo run; ``default`` fits in ~15 minutes on 2 CPU cores."""
+    """Sizes of one demo run; ``default`` is meant to fit in 15 minutes on 2 CPU cores."""
 
-    videos: int = 8  # composed source videos (about 1/4 go to the test split)
-    frames: int = 16
-    size_h: int = 96
-    size_w: int = 160
+    videos: int = 6  # composed source videos (a quarter, at least one, go to the test split)
+    frames: int = 10
+    size_h: int = 64
+    size_w: int = 96
     train_methods: tuple[str, ...] = ("telea", "iivi")  # seen in training
     unseen_methods: tuple[str, ...] = ("flowprop",)  # test-only: generalization to unseen methods
-    iivi_iters: int = 150  # reconstruction iterations per video (tiny generator)
+    iivi_iters: int = 60  # reconstruction iterations per video (tiny generator)
     model: str = "vilocal_tiny"
-    stage1_epochs: int = 3
-    stage2_epochs: int = 4
+    stage1_epochs: int = 2
+    stage2_epochs: int = 3
     workers: int = 2  # Ray Train workers (DDP over gloo on CPU)
     sweep: str = "lambda"  # which sub-sweep of sweeps/demo.yaml: lambda | tau | none
-    sweep_samples: int = 4
+    sweep_samples: int = 2
     test_fraction: float = 0.25
     seed: int = 0
     method_cfgs: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
