@@ -47,7 +47,8 @@ def test_impulse_response_taps_and_clamp() -> None:
 
     taps = _reference_taps()
     expected = torch.zeros(5, 17, 19)
-    # Cross-correlation with padding (1, 2, 2): out[t, y, x] = Σ w[kt, ky, kx] in[t+kt-1, y+ky-2, x+kx-2]
+    # Cross-correlation, padding (1, 2, 2):
+    #   out[t, y, x] = Σ w[kt, ky, kx] · in[t+kt-1, y+ky-2, x+kx-2]
     # so the impulse lands at out[t0 - kt + 1, y0 - ky + 2, x0 - kx + 2] = value * w[kt, ky, kx].
     for kt in range(3):
         for ky in range(5):

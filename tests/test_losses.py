@@ -68,7 +68,8 @@ def test_contrastive_resizes_mask_nearest() -> None:
     mask_off_grid[0, 0, 3, 3] = 1.0
     assert not labels_at(mask_off_grid, (2, 2)).any()
     out = pixel_contrastive_loss(_features(VECTORS), mask, temperature=0.1)
-    assert out["loss"].item() == pytest.approx(_expected(VECTORS[:3], VECTORS[3:], 0.1)[0], rel=1e-5)
+    expected = _expected(VECTORS[:3], VECTORS[3:], 0.1)[0]
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_contrastive_sampling_caps_anchors_and_is_reproducible() -> None:
@@ -83,7 +84,10 @@ def test_contrastive_sampling_caps_anchors_and_is_reproducible() -> None:
             _features(VECTORS), torch.tensor([FORGED]), temperature=tau, max_samples=2,
             generator=gen,
         )["loss"].item()
-        match = [k for k, c in enumerate(candidates) if math.isclose(value, c, rel_tol=1e-4, abs_tol=1e-6)]
+        match = [
+            k for k, c in enumerate(candidates)
+            if math.isclose(value, c, rel_tol=1e-4, abs_tol=1e-6)
+        ]
         assert len(match) == 1
         seen.add(match[0])
         again = pixel_contrastive_loss(
@@ -94,15 +98,18 @@ def test_contrastive_sampling_caps_anchors_and_is_reproducible() -> None:
     assert len(seen) > 1  # the subsets really are random
 
 
-@pytest.mark.parametrize("other_mask", [[[False, False], [False, False]], [[True, True], [True, True]],
-                                        [[True, True], [False, True]]])
+@pytest.mark.parametrize(
+    "other_mask",
+    [[[False, False], [False, False]], [[True, True], [True, True]], [[True, True], [False, True]]],
+)
 def test_invalid_samples_are_skipped(other_mask: list[list[bool]]) -> None:
     """No forged pixel, no pristine pixel, or a single anchor: the sample adds no term."""
     feats = torch.cat([_features(VECTORS), _features(VECTORS[::-1])])
     masks = torch.tensor([FORGED, other_mask])
     out = pixel_contrastive_loss(feats, masks, temperature=0.1)
     assert out["n_valid"] == 1
-    assert out["loss"].item() == pytest.approx(_expected(VECTORS[:3], VECTORS[3:], 0.1)[0], rel=1e-5)
+    expected = _expected(VECTORS[:3], VECTORS[3:], 0.1)[0]
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("fill", [False, True])
@@ -154,7 +161,8 @@ def test_focal_hand_computed(alpha: float, gamma: float) -> None:
     out = focal_loss(torch.tensor(logits).reshape(1, 1, 2, 2),
                      torch.tensor(targets, dtype=torch.bool).reshape(1, 2, 2),
                      alpha=alpha, gamma=gamma)
-    assert out["loss"].item() == pytest.approx(_focal_by_hand(logits, targets, alpha, gamma), rel=1e-5)
+    expected = _focal_by_hand(logits, targets, alpha, gamma)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_focal_is_stable_at_extreme_logits() -> None:

@@ -1,4 +1,4 @@
-"""ViLocal models: shape path, parameter counts, every preset end to end, attention, checkpointing."""
+"""ViLocal models: shape path, parameter counts, every preset, attention, checkpointing."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def test_checkpointing_in_train_mode_same_gradients_and_batchnorm_stats(flag: st
 
 
 def test_chunked_attention_dropout_inside_checkpointed_blocks(monkeypatch) -> None:
-    """The CPU attention-dropout chunks (themselves checkpointed) replay inside a checkpointed block."""
+    """CPU attention-dropout chunks (themselves checkpointed) replay inside a checkpointed block."""
     import vilocal_dist.models.uniformer as uniformer
 
     monkeypatch.setattr(uniformer, "ATTENTION_CHUNK", 7)  # 24 tokens -> 4 chunks
@@ -294,4 +294,5 @@ def test_benchmarks_report_speed_and_memory() -> None:
     assert train["step_s"] > 0 and train["peak_rss_mb"] >= train["baseline_rss_mb"] > 0
     assert math.isfinite(train["loss"])
     infer = inference_benchmark("vilocal_tiny", 1, (16, 24), repeats=1)  # in a subprocess
-    assert infer["clips_per_s"] > 0 and infer["peak_rss_mb"] > 0 and infer["preset"] == "vilocal_tiny"
+    assert infer["clips_per_s"] > 0 and infer["peak_rss_mb"] > 0
+    assert infer["preset"] == "vilocal_tiny"

@@ -112,7 +112,8 @@ def detect_video(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(ckpt, device).eval()
     source = open_source(video)
-    input_hash = file_sha256(video) if not str(video).startswith("composed:") else None
+    # Hash what is actually decoded (a forged/DAVIS folder's frame folder, a video file).
+    input_hash = file_sha256(source.frames_path) if isinstance(source, PathSource) else None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def _validate(temperature: float, max_samples: int) -> None:
 
 
 def labels_at(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Masks ``[B, H, W]`` or ``[B, 1, H, W]`` (bool/0-1, True = inpainted) -> bool ``[B, h, w]``."""
+    """Masks ``[B, H, W]`` or ``[B, 1, H, W]`` (True/1 = inpainted) -> bool ``[B, h, w]``."""
     if masks.dim() == 4:
         if masks.shape[1] != 1:
             raise ValueError(f"masks must be [B, H, W] or [B, 1, H, W], got {list(masks.shape)}")
@@ -70,9 +70,9 @@ def pixel_contrastive_loss(
     features: ``[B, C, h, w]`` encoder output; masks: ``[B, H, W]`` or ``[B, 1, H, W]``, True/1 =
     inpainted. ``generator`` makes the anchor/negative sampling reproducible.
 
-    Returns ``loss`` (scalar with grad), ``n_valid`` (int: samples that contributed), ``pos_sim`` and
-    ``neg_sim`` (mean positive logit and mean anchor–negative cosine over valid samples, detached;
-    0 when no sample is valid).
+    Returns ``loss`` (scalar with grad), ``n_valid`` (int: samples that contributed), ``pos_sim``
+    and ``neg_sim`` (mean positive logit and mean anchor–negative cosine over the valid samples,
+    detached; 0 when no sample is valid).
     """
     _validate(temperature, max_samples)
     if features.dim() != 4:

@@ -174,7 +174,9 @@ class SelfAttention(nn.Module):
 class CBlock(nn.Module):
     """Convolution block on ``[B, C, T, H, W]`` (shape preserved).
 
-    x += dwconv3(x); x += DropPath(1×1 conv ∘ dwconv5 ∘ 1×1 conv ∘ BN)(x); x += DropPath(MLP ∘ BN)(x)
+    x += dwconv3(x)
+    x += DropPath(1×1 conv ∘ dwconv5 ∘ 1×1 conv ∘ BN)(x)
+    x += DropPath(MLP ∘ BN)(x)
 
     The 1×1×1 convolutions (here and in the MLP) are ``nn.Linear`` over the channel axis: the same
     parameters and result, but a plain GEMM on the channels-last layout the encoder keeps, where
@@ -203,7 +205,7 @@ class CBlock(nn.Module):
 
 
 class SABlock(nn.Module):
-    """Global self-attention block on ``[B, C, T, H, W]`` (shape preserved), attention over T·H·W."""
+    """Global self-attention block on ``[B, C, T, H, W]`` (shape kept); attends over all T·H·W."""
 
     def __init__(
         self, dim: int, *, heads: int, mlp_ratio: float, qkv_bias: bool, drop: float,
@@ -212,7 +214,9 @@ class SABlock(nn.Module):
         super().__init__()
         self.pos_embed = DepthwiseConv3d(dim, 3)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = SelfAttention(
+            dim, heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -255,7 +259,8 @@ def _isolated_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     """
     saved = []
     for bn in module.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.training and bn.track_running_stats:
+        is_bn = isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        if is_bn and bn.training and bn.track_running_stats:
             saved.append((bn, bn.running_mean, bn.running_var, bn.num_batches_tracked))
             bn.running_mean = bn.running_mean.clone()
             bn.running_var = bn.running_var.clone()
@@ -268,7 +273,9 @@ def _isolated_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class UniFormer3D(nn.Module):
-    """3-D UniFormer: ``forward(x: [B, Cin, T, H, W]) -> [B, widths[-1], H/S, W/S]``, S = ∏ space_strides.
+    """3-D UniFormer: ``forward(x: [B, Cin, T, H, W]) -> [B, widths[-1], H/S, W/S]``.
+
+    S = ∏ space_strides (4 by default).
 
     Stages ``< num_conv_stages`` use CBlocks, the rest SABlocks with ``width // head_dim`` heads.
     Drop-path rates rise linearly from 0 to ``drop_path_rate`` over all blocks. With
@@ -302,9 +309,9 @@ class UniFormer3D(nn.Module):
         self.norms = nn.ModuleList()
         prev = in_chans
         for i, (depth, width) in enumerate(zip(depths, widths)):
-            self.embeds.append(
-                PatchEmbed3d(prev, width, time_stride=time_strides[i], space_stride=space_strides[i])
-            )
+            self.embeds.append(PatchEmbed3d(
+                prev, width, time_stride=time_strides[i], space_stride=space_strides[i]
+            ))
             block_rates, rates = rates[:depth], rates[depth:]
             if i < num_conv_stages:
                 blocks = [

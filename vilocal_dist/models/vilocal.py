@@ -100,7 +100,8 @@ class ViLocalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        fields = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViLocalConfig":
@@ -120,7 +121,7 @@ def check_fields(data: dict[str, Any]) -> None:
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
             raise ConfigError(f"unknown ViLocal config field {key!r}{hint}")
 
 
@@ -155,7 +156,8 @@ class ViLocalEncoder(nn.Module):
 
 
 class ViLocal(nn.Module):
-    """The full detector. ``forward(clip [B,3,T,H,W]) -> {"pred_mask": [B,1,H,W] logits, "features"}``."""
+    """The full detector: ``forward(clip [B,3,T,H,W]) -> {"pred_mask": logits [B,1,H,W],
+    "features": [B,C,H/4,W/4]}``."""
 
     def __init__(self, config: ViLocalConfig | None = None) -> None:
         super().__init__()
@@ -169,7 +171,7 @@ class ViLocal(nn.Module):
 
 
 def autocast_context(device: torch.device | str) -> ContextManager:
-    """bf16 autocast on CUDA (HP3D and BatchNorm stay fp32), a no-op elsewhere."""
+    """bf16 autocast on CUDA (HP3D and the losses compute in fp32 regardless), a no-op elsewhere."""
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
