@@ -45,6 +45,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # about a minute on 2 idle cores: two Ray Train runs, then a resumed one
 def test_both_stages_then_resume(ray_local, mlflow_home, forged):
     from vilocal_dist.distributed.train import train
 
