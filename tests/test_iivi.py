@@ -250,7 +250,7 @@ def test_tiny_fit_lowers_the_hole_error():
     cfg = {"preset": "tiny", "iters_reg": 0, "batch": 3, "lr": 1e-3, "dilate": 3, "holdout": 0.05}
     gt = video.backgrounds
     first = fit_one_video(video.frames, video.masks, {**cfg, "iters_recon": 1}, gt_frames=gt, progress=False)
-    fitted = fit_one_video(video.frames, video.masks, {**cfg, "iters_recon": 120}, gt_frames=gt, progress=False)
+    fitted = fit_one_video(video.frames, video.masks, {**cfg, "iters_recon": 100}, gt_frames=gt, progress=False)
     # Measured: 12.3 → 16.4 dB in the hole, 12.9 → 16.8 dB on held-out pixels after 100 iterations.
     assert fitted.metrics["true/hole_psnr"] > first.metrics["true/hole_psnr"] + 2.0
     assert fitted.metrics["selfval/psnr"] > first.metrics["selfval/psnr"] + 2.0
