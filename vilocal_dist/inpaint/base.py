@@ -97,3 +97,26 @@ def check_cfg(cfg: dict[str, Any] | None, defaults: dict[str, Any], method: str)
     if unknown:
         raise ConfigError(f"{method}: unknown option(s) {unknown}; known: {sorted(defaults)}")
     return {**defaults, **cfg}
+
+
+def coerce_option(method: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default`` when that loses nothing; else a ConfigError.
+
+    YAML and Tune hand over 1e3-style floats for ints, ints for floats and ints for strings.
+    """
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    elif default is None and (value is None or isinstance(value, str)):
+        return value
+    expected = "str or None" if default is None else type(default).__name__
+    raise ConfigError(f"{method}: option {name} expects {expected}, got {value!r} (wrong type)")

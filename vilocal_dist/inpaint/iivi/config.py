@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import check_cfg
+from vilocal_dist.inpaint.base import check_cfg, coerce_option
 from vilocal_dist.inpaint.iivi.generator import PRESETS
 from vilocal_dist.inpaint.vgg import layer_names
 
@@ -68,20 +68,4 @@ class IIVIConfig:
     def from_dict(cls, cfg: dict[str, Any] | None) -> IIVIConfig:
         """Build from a plain dict (YAML, Tune, CLI); unknown keys and wrong types are ConfigErrors."""
         merged = check_cfg(cfg, asdict(cls()), "iivi")
-        return cls(**{f.name: _coerce(f.name, merged[f.name], getattr(cls, f.name)) for f in fields(cls)})
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    # Tune and YAML hand over 1e3-style floats for ints and ints for floats; accept what is lossless.
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(value, str) or (value is None and default is None):
-        return value
-    raise ConfigError(f"iivi: option {name}={value!r} has the wrong type (default {default!r})")
+        return cls(**{f.name: coerce_option("iivi", f.name, merged[f.name], getattr(cls, f.name)) for f in fields(cls)})

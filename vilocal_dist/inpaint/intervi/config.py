@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import check_cfg
+from vilocal_dist.inpaint.base import check_cfg, coerce_option
 from vilocal_dist.inpaint.flow import DIS_PRESETS
 
 
@@ -79,26 +79,11 @@ def resolve_config(cfg: dict[str, Any] | None) -> InterVIConfig:
     if name not in PRESETS:
         raise ConfigError(f"intervi: unknown preset {name!r}; known: {sorted(PRESETS)}")
     values = {**PRESETS[name], **(cfg or {})}
-    config = replace(InterVIConfig(), **{k: _coerce(k, v, getattr(InterVIConfig, k)) for k, v in values.items()})
+    config = replace(InterVIConfig(), **{k: coerce_option("intervi", k, v, getattr(InterVIConfig, k)) for k, v in values.items()})
     _validate(config)
     return config
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Accept lossless type changes (YAML/Tune hand over 1e3-style floats, ints for strings)."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, str):
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"intervi: option {name} expects {type(default).__name__}, got {value!r}")
 
 
 def _validate(c: InterVIConfig) -> None:
