@@ -6,18 +6,8 @@ import argparse
 import json
 import sys
 
+from vilocal_dist.cli.args import parse_size
 from vilocal_dist.errors import ConfigError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'240x432' -> (240, 432) (height × width)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 240x432), got {text!r}") from None
-    if height < 16 or width < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return height, width
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,16 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'240x432' -> (240, 432) (height × width)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 240x432), got {text!r}") from None
-    if height < 16 or width < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return height, width
+from vilocal_dist.cli.args import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vilocal_dist.cli.detect import parse_size
+from vilocal_dist.cli.args import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

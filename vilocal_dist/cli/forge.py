@@ -6,18 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vilocal_dist.cli.args import parse_size
 from vilocal_dist.errors import ConfigError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"240x432"`` -> (240, 432)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 240x432, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return h, w
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vilocal_dist.cli.args import size_type
 from vilocal_dist import __version__
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="method option, repeatable (e.g. --set preset=tiny --set iterations=500)",
     )  # fmt: skip
-    p.add_argument("--size", type=parse_size, default=None, metavar="HxW", help="working resolution, e.g. 240x432")
+    p.add_argument("--size", type=size_type(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
     p.add_argument("--max-frames", type=int, default=None, metavar="T", help="use only the first T frames")
     p.add_argument("--workdir", type=Path, default=None, help="checkpoints for resuming (default OUT/.work)")
     p.add_argument("--seq", default=None, help="sequence name when VIDEO is a DAVIS root with several")
@@ -74,17 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-samples", type=int, default=None, metavar="N",
                    help="with --auto-lambda: N Optuna TPE samples instead of the default 3×3 grid")
     p.set_defaults(func=run)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"240x432"`` -> (240, 432)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 240x432, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
