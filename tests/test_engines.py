@@ -189,6 +189,32 @@ def test_stage2_lowers_focal_loss_and_keeps_encoder_frozen(trained):
     assert s2.last_checkpoint["stage"] == 2 and s2.last_checkpoint["train_config"]["alpha"] == 0.5
 
 
+def test_joint_mode_trains_encoder_and_decoder_with_focal_loss_only(forged):
+    """The "w/o L_contra" ablation: one run, every weight moves, for stage1 + stage2 epochs."""
+    cfg = TrainConfig(**{**TINY, "stage1_epochs": 1, "stage2_epochs": 2})
+    train_ds = clip_dataset(forged, ForgedDataset(forged).records(split="train"), cfg, train=True)
+    model = _fresh_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_stage2(cfg, train_ds, train_ds, model=model, runtime=Runtime(progress=False), joint=True)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    after = result.last_checkpoint["model_state"]
+    moved = {k.split(".")[0] for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+    assert moved == {"encoder", "decoder"}
+    # Each group decays from its own base lr: encoder from stage1_lr, decoder from stage2_lr.
+    groups = {g["base_lr"]: g["lr"] for g in result.last_checkpoint["optim_state"]["param_groups"]}
+    assert set(groups) == {cfg.stage1_lr, cfg.stage2_lr} and all(lr < base for base, lr in groups.items())
+
+
+def test_use_hp3d_false_builds_an_rgb_encoder_that_checkpoints_round_trip(forged, tmp_path):
+    cfg = TrainConfig(**{**TINY, "stage1_epochs": 1, "use_hp3d": False})
+    train_ds = clip_dataset(forged, ForgedDataset(forged).records(split="train"), cfg, train=True)
+    s1 = train_stage1(cfg, train_ds, train_ds, runtime=Runtime(progress=False))
+    assert isinstance(s1.model.encoder.hp3d, torch.nn.Identity)
+    rebuilt = build_model(load_checkpoint(save_checkpoint(s1.last_checkpoint, tmp_path)))
+    assert rebuilt.config.use_hp3d is False and isinstance(rebuilt.encoder.hp3d, torch.nn.Identity)
+
+
 class _Crash(Exception):
     pass
 

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES
 from vilocal_dist.errors import ConfigError
 
 
@@ -33,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stage", choices=("1", "2", "both"), default="both",
-                   help="1, 2 (needs --encoder) or both (stage 2 from stage 1's best checkpoint); default both")
+    p.add_argument("--stage", choices=STAGES, default="both",
+                   help="1, 2 (needs --encoder), both (stage 2 from stage 1's best checkpoint; default) or joint "
+                        "(no contrastive stage: encoder + decoder trained together with the focal loss only)")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder (manifest.jsonl)")
     p.add_argument("--methods", default=None, help="train on these inpainting methods only (comma-separated)")
     p.add_argument("--preset", default=None, help="model preset: vilocal (paper), vilocal_small, vilocal_tiny")
@@ -45,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="YAML", help="flat YAML of TrainConfig keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, repeatable (e.g. --set tau=0.2 --set stage1_epochs=3)")
+    p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
+                   help="restart the worker group up to N times from the latest checkpoint when a worker dies "
+                        f"(preemption, OOM kill); default {DEFAULT_MAX_FAILURES}")
     p.add_argument("--experiment", default="vilocal-train", help="MLflow experiment (default vilocal-train)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--stage 2 needs --encoder CKPT (a stage-1 checkpoint), or use --stage both")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.stage == "joint" and args.encoder is not None:
+        raise ConfigError("--stage joint trains the encoder from scratch: drop --encoder")
     overrides = {"model": args.preset} if args.preset else {}
     overrides.update(parse_overrides(args.overrides))
     cfg = load_config(args.config, overrides)
@@ -70,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     init_ray(args.address, args.num_cpus)
     start = time.perf_counter()
     outcomes = train(args.stage, cfg, args.data, run_name=run_name, methods=methods, workers=args.workers,
-                     encoder=args.encoder, experiment=args.experiment)
+                     encoder=args.encoder, experiment=args.experiment, max_failures=args.max_failures)
     print(f"train: run {run_name!r} finished in {time.perf_counter() - start:.0f} s")
     for o in outcomes:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in o.best_metrics.items() if "/" in k)

@@ -11,7 +11,14 @@ latest checkpoint, so the epoch counter and the MLflow run carry on.
 After ``fit`` the driver picks the best checkpoint (stage 1: lowest ``val/loss``, the held-out
 contrastive loss; stage 2: highest ``val/f1``), logs it as the run's model artifact (without
 optimizer state) plus a few example panels (frame | truth | prediction), and returns it.
-``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint.
+``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint; ``stage="joint"``
+trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation).
+
+Fault tolerance: ``max_failures`` (FailureConfig) restarts the whole worker group when a worker
+dies (a preempted node, an OOM kill); the new group resumes from the latest checkpoint Ray's
+controller has registered (it polls reports every 2 s, so with real epoch lengths that is the
+last epoch) and rank 0 tags the MLflow run ``vilocal.resumed_from``. Deterministic errors fail fast in the driver when possible
+(bad data, a size the network cannot take) rather than burning retries.
 """
 
 from __future__ import annotations
@@ -26,20 +33,21 @@ from typing import Any, Sequence
 
 from vilocal_dist.engines import stage1, stage2
 from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, save_checkpoint
-from vilocal_dist.engines.config import TrainConfig
+from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES, TrainConfig
 from vilocal_dist.engines.datasets import training_datasets
-from vilocal_dist.engines.loop import EpochEnd, Runtime
+from vilocal_dist.engines.loop import EpochEnd, Runtime, fresh_model
 from vilocal_dist.errors import ConfigError, InputError
+from vilocal_dist.models import get_config
 from vilocal_dist.tracking import log_json, mlflow_run, storage_path, tracking_uri
-from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, log_metrics
+from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, log_metrics, set_tag
 
 log = logging.getLogger(__name__)
 
 #: Checkpoint selection per stage: (metric, mode).
 SELECTION = {1: (stage1.SELECTION_METRIC, stage1.SELECTION_MODE), 2: (stage2.SELECTION_METRIC, stage2.SELECTION_MODE)}
 NUM_EXAMPLES = 3
-#: What ``train(stage=...)`` accepts.
-STAGES = ("1", "2", "both")
+#: Set by the workers when they continue from a checkpoint (rerun or worker-group restart).
+RESUMED_TAG = "vilocal.resumed_from"
 
 
 @dataclass
@@ -68,10 +76,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     train_ds, val_ds, _ = training_datasets(config["data"], cfg, config["methods"])
 
     resume = None
-    latest = ray.train.get_checkpoint()  # set when this run name already has checkpoints
+    latest = ray.train.get_checkpoint()  # set on a rerun, and after a worker-group restart
     if latest is not None:
         with latest.as_directory() as folder:
             resume = load_checkpoint(folder)
+        if rank == 0:  # the run's record says it was restarted, and from where
+            set_tag(config["mlflow_run_id"], RESUMED_TAG, f"epoch {resume['epoch']} at {time.strftime('%Y-%m-%dT%H:%M:%S')}",
+                    uri=config["tracking_uri"])
 
     def on_epoch_end(end: EpochEnd) -> None:
         metrics = {**end.metrics, "samples_seen": float(end.samples_seen)}
@@ -89,13 +100,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
     runtime = Runtime(device=ray.train.torch.get_device(), resume=resume, on_epoch_end=on_epoch_end, progress=False)
     if stage == 1:
         stage1.train_stage1(cfg, train_ds, val_ds, runtime=runtime)
+        return
+    if resume is not None:
+        model = build_model(resume)
+    elif config["joint"]:
+        model = fresh_model(cfg)
     else:
-        if resume is not None:
-            model = build_model(resume)
-        else:
-            with config["encoder"].as_directory() as folder:
-                model = build_model(load_checkpoint(folder))
-        stage2.train_stage2(cfg, train_ds, val_ds, model=model, runtime=runtime)
+        with config["encoder"].as_directory() as folder:
+            model = build_model(load_checkpoint(folder))
+    stage2.train_stage2(cfg, train_ds, val_ds, model=model, runtime=runtime, joint=config["joint"])
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -152,11 +165,15 @@ def train_stage(
     use_gpu: bool | None = None,
     group: str | None = None,
     callbacks: Sequence[Any] = (),
+    joint: bool = False,
+    max_failures: int = DEFAULT_MAX_FAILURES,
 ) -> StageOutcome:
     """Train one stage on ``workers`` Ray Train workers; resumes if ``run_name`` already exists.
 
     ``encoder`` (stage 2): the stage-1 checkpoint to start from (ray Checkpoint, folder or file).
+    ``joint`` (stage 2 only): no encoder; a fresh model learns end to end with the focal loss.
     ``callbacks``: ``ray.train.UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
+    ``max_failures``: worker-group restarts (from the latest checkpoint) before the run fails.
     """
     import mlflow
     import ray.train
@@ -166,8 +183,12 @@ def train_stage(
         raise ConfigError(f"stage must be 1 or 2, got {stage}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if max_failures < 0:
+        raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
+    if joint and (stage != 2 or encoder is not None):
+        raise ConfigError("joint training is a stage-2 run without an encoder checkpoint")
     data = Path(data).resolve()
-    if stage == 2:
+    if stage == 2 and not joint:
         if encoder is None:
             raise ConfigError("stage 2 needs a stage-1 checkpoint (--encoder CKPT), or use --stage both")
         encoder = as_ray_checkpoint(encoder)
@@ -177,6 +198,7 @@ def train_stage(
         if encoder_ckpt["model_name"] != cfg.model:
             log.info("stage 2 uses the encoder's model %s (config said %s)", encoder_ckpt["model_name"], cfg.model)
             cfg = cfg.replace(model=encoder_ckpt["model_name"])
+    _check_size(cfg)
     _, val_ds, summary = training_datasets(data, cfg, methods)  # fails fast, in the driver, on bad data
     use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
     metric, mode = SELECTION[stage]
@@ -187,7 +209,7 @@ def train_stage(
         "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": _manifest_sha256(data),
         "data.train_videos": len(summary["train_videos"]), "data.val_videos": len(summary["val_videos"]),
         "data.train_clips": summary["train_clips"], "data.val_clips": summary["val_clips"],
-        "encoder": encoder.path if encoder is not None else "",
+        "encoder": encoder.path if encoder is not None else "", "joint": joint, "max_failures": max_failures,
         "selection": f"{metric} ({mode})",
     }
     tags = {RUN_NAME_TAG: run_name, "vilocal.stage": str(stage), "vilocal.group": group or run_name,
@@ -202,7 +224,7 @@ def train_stage(
             _worker_loop,
             train_loop_config={
                 "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
-                "methods": list(methods) if methods else None, "encoder": encoder,
+                "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
                 "mlflow_run_id": run_id, "tracking_uri": uri,
             },
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
@@ -210,6 +232,7 @@ def train_stage(
                 name=run_name,
                 storage_path=storage_path(),
                 callbacks=list(callbacks),
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
                 # Keep the best and the latest checkpoint (Ray never deletes the latest: resume needs it).
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode
@@ -225,6 +248,14 @@ def train_stage(
             _log_examples(best_ckpt, val_ds)
         mlflow.set_tag("vilocal.best_checkpoint", best.path)
     return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best)
+
+
+def _check_size(cfg: TrainConfig) -> None:
+    """Clip sizes the encoder cannot take fail here, once, instead of in every (retried) worker."""
+    stride = get_config(cfg.model).space_stride
+    if cfg.size_h % stride or cfg.size_w % stride:
+        raise ConfigError(f"size_h and size_w must be divisible by {stride} for model {cfg.model!r}, "
+                          f"got {cfg.size_h}x{cfg.size_w}")
 
 
 def _log_model(ckpt: dict[str, Any]) -> None:
@@ -267,14 +298,20 @@ def train(
     encoder: Any = None,
     experiment: str = "vilocal-train",
     use_gpu: bool | None = None,
+    max_failures: int = DEFAULT_MAX_FAILURES,
 ) -> list[StageOutcome]:
-    """``stage`` "1", "2" or "both" (stage 2 from stage 1's best checkpoint).
+    """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint) or "joint" (one
+    focal-only run of encoder and decoder together, no contrastive stage).
 
-    Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2``; rerunning resumes both.
+    Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``);
+    rerunning resumes them.
     """
     if stage not in STAGES:
-        raise ConfigError(f"--stage must be 1, 2 or both, got {stage!r}")
-    common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu, group=run_name)
+        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu, group=run_name,
+                  max_failures=max_failures)
+    if stage == "joint":
+        return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, **common)]
     outcomes = []
     if stage in ("1", "both"):
         outcomes.append(train_stage(1, cfg, data, run_name=f"{run_name}-stage1", **common))

@@ -4,7 +4,9 @@ Defaults reproduce the paper (reference-code.md): stage 1 AdamW lr 5e-4, wd 1e-4
 10 epochs; stage 2 AdamW lr 1e-4, wd 1e-4, cosine to 1e-6, 5 epochs; batch 2; τ = 0.1, α = 0.5,
 γ = 2; 5-frame clips at 240×432, a quarter of them H.264 CRF 23. Both stages live in one flat
 dataclass so one YAML file, one ``--set tau=0.2`` and one Tune search space cover ``--stage both``;
-stage-specific fields carry a ``stage1_``/``stage2_`` prefix.
+stage-specific fields carry a ``stage1_``/``stage2_`` prefix. The "joint" mode (no contrastive
+stage: encoder and decoder trained together with the focal loss) runs ``stage1_epochs +
+stage2_epochs`` epochs, the encoder on the stage-1 and the decoder on the stage-2 learning rates.
 
 Load order: defaults < YAML file < ``--set key=value`` overrides. Unknown keys are a ConfigError
 that suggests the closest known key.
@@ -22,6 +24,11 @@ import yaml
 
 from vilocal_dist.errors import ConfigError
 
+#: Training modes of a run: one stage, both in turn, or "joint" (no contrastive stage).
+STAGES = ("1", "2", "both", "joint")
+#: Worker-group restarts from the latest checkpoint after a worker dies (Ray FailureConfig).
+DEFAULT_MAX_FAILURES = 2
+
 
 @dataclass(frozen=True)
 class OptimSpec:
@@ -38,6 +45,7 @@ class TrainConfig:
     """Everything that decides a ViLocal training run (both stages)."""
 
     model: str = "vilocal"  # preset name for vilocal_dist.models.create_model
+    use_hp3d: bool = True  # False = raw RGB into the encoder (the paper's "w/o HP3D" ablation)
     size_h: int = 240  # clips are resized to size_h × size_w (bilinear; masks nearest)
     size_w: int = 432
     compress_fraction: float = 0.25  # share of training clips H.264-compressed (paper: 1/4)

@@ -49,6 +49,16 @@ class StageResult:
     last_checkpoint: dict[str, Any] | None = None
 
 
+def fresh_model(cfg: Any) -> nn.Module:
+    """A newly initialised ``cfg.model`` (a TrainConfig), the same weights for the same ``cfg.seed``:
+    reruns and restarted worker groups start from identical weights, on every worker."""
+    from vilocal_dist.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return create_model(cfg.model, use_hp3d=cfg.use_hp3d)
+
+
 def cosine_lr(step: int, total_steps: int, lr: float, min_lr: float) -> float:
     """Cosine decay from ``lr`` at step 0 to ``min_lr`` at ``total_steps`` (per optimizer step)."""
     progress = min(step / max(total_steps, 1), 1.0)
@@ -101,6 +111,12 @@ def reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, flo
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return dict(zip(keys, t.tolist()))
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+    """Set every param group's lr on its own cosine from ``base_lr`` to ``min_lr`` (group keys)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cosine_lr(step, total_steps, group["base_lr"], group["min_lr"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -16,10 +16,10 @@ from tqdm import tqdm
 from vilocal_dist.engines.checkpoint import checkpoint_dict
 from vilocal_dist.engines.config import TrainConfig
 from vilocal_dist.engines.loop import (
-    EpochEnd, Runtime, StageResult, cosine_lr, make_loader, maybe_ddp, reduce_sums, set_epoch, set_lr, world,
+    EpochEnd, Runtime, StageResult, cosine_lr, fresh_model, make_loader, maybe_ddp, reduce_sums, set_epoch, set_lr, world,
 )
 from vilocal_dist.losses import PixelContrastiveLoss
-from vilocal_dist.models import ViLocal, autocast_context, create_model
+from vilocal_dist.models import ViLocal, autocast_context
 
 STAGE = 1
 SELECTION_METRIC, SELECTION_MODE = "val/loss", "min"
@@ -29,14 +29,14 @@ def train_stage1(
     cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, *, model: ViLocal | None = None,
     runtime: Runtime | None = None,
 ) -> StageResult:
-    """Train ``model.encoder`` (a fresh ``cfg.model`` when None) for ``cfg.stage1_epochs``.
+    """Train ``model.encoder`` (a fresh ``cfg.model`` seeded by ``cfg.seed`` when None) for ``cfg.stage1_epochs``.
 
     Datasets yield dict(clip [3,5,H,W], mask [1,H,W], ...). Returns the model and per-epoch metrics.
     """
     rt = runtime or Runtime()
     device, (rank, _) = rt.device, world()
     spec = cfg.optim(STAGE)
-    model = (model if model is not None else create_model(cfg.model)).to(device)
+    model = (model if model is not None else fresh_model(cfg)).to(device)
     encoder = maybe_ddp(model.encoder, device)  # only the encoder learns in stage 1
     optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     criterion = PixelContrastiveLoss(temperature=cfg.tau, max_samples=cfg.contrast_samples)

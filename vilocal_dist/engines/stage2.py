@@ -3,6 +3,11 @@
 Same shape as stage 1: optimizer and loaders, (resume), then per epoch train, validate (focal
 loss plus pixel F1 / IoU at ``cfg.threshold``, pooled over frames) and hand the epoch to
 ``runtime.on_epoch_end``. ``val/f1`` (higher is better) selects the best stage-2 checkpoint.
+
+``joint=True`` is the paper's "w/o L_contra" ablation: no contrastive stage, the encoder is not
+frozen and learns together with the decoder from the focal loss alone, for ``stage1_epochs +
+stage2_epochs`` epochs (the same budget as both stages), the encoder at the stage-1 and the
+decoder at the stage-2 learning rates. Its checkpoints are stage-2 checkpoints: a full detector.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from tqdm import tqdm
 from vilocal_dist.engines.checkpoint import checkpoint_dict
 from vilocal_dist.engines.config import TrainConfig
 from vilocal_dist.engines.loop import (
-    EpochEnd, Runtime, StageResult, cosine_lr, make_loader, maybe_ddp, reduce_sums, set_epoch, set_lr, world,
+    EpochEnd, Runtime, StageResult, cosine_schedule, make_loader, maybe_ddp, reduce_sums, set_epoch, world,
 )
 from vilocal_dist.engines.metrics import frame_scores
 from vilocal_dist.losses import focal_loss
@@ -25,22 +30,33 @@ SELECTION_METRIC, SELECTION_MODE = "val/f1", "max"
 
 
 def train_stage2(
-    cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, *, model: ViLocal, runtime: Runtime | None = None
+    cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, *, model: ViLocal, runtime: Runtime | None = None,
+    joint: bool = False,
 ) -> StageResult:
-    """Train ``model.decoder`` on top of ``model.encoder`` (frozen) for ``cfg.stage2_epochs``."""
+    """Train ``model.decoder`` on top of ``model.encoder`` (frozen) for ``cfg.stage2_epochs``;
+    with ``joint`` train both with the focal loss for ``stage1_epochs + stage2_epochs``."""
     rt = runtime or Runtime()
     device, (rank, _) = rt.device, world()
     spec = cfg.optim(STAGE)
+    epochs = spec.epochs + (cfg.stage1_epochs if joint else 0)
     model = model.to(device)
-    # Frozen means frozen: no gradients, and eval mode so BatchNorm statistics and dropout stay
-    # exactly as stage 1 left them.
-    model.encoder.requires_grad_(False)
-    decoder = maybe_ddp(model.decoder, device)
-    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    # Unless joint, frozen means frozen: no gradients, and eval mode so BatchNorm statistics and
+    # dropout stay exactly as stage 1 left them.
+    model.encoder.requires_grad_(joint)
+    net = maybe_ddp(model if joint else model.decoder, device)
+    groups = [{"params": list(model.decoder.parameters()), "lr": spec.lr, "min_lr": spec.min_lr,
+               "weight_decay": spec.weight_decay}]
+    if joint:
+        enc = cfg.optim(1)
+        groups.append({"params": list(model.encoder.parameters()), "lr": enc.lr, "min_lr": enc.min_lr,
+                       "weight_decay": enc.weight_decay})
+    for group in groups:
+        group["base_lr"] = group["lr"]  # cosine_schedule decays each group from its own base
+    optimizer = torch.optim.AdamW(groups)
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
     val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
     steps_per_epoch = len(train_loader)
-    total_steps = spec.epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch
 
     start_epoch, samples_seen = 0, 0
     if rt.resume is not None:
@@ -53,20 +69,25 @@ def train_stage2(
                                train_config=cfg.to_dict(), metrics=metrics, optimizer=optimizer)
 
     history: list[dict[str, float]] = []
-    for epoch in range(start_epoch, spec.epochs):
+    for epoch in range(start_epoch, epochs):
         set_epoch(train_loader, epoch, cfg.seed)
-        model.encoder.eval()
-        decoder.train()
+        net.train()
+        if not joint:
+            model.encoder.eval()
         loss_sum, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f"stage 2 epoch {epoch + 1}/{spec.epochs}", leave=False,
+        bar = tqdm(train_loader, desc=f"{'joint' if joint else 'stage 2'} epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not rt.progress or rank != 0)
         for i, batch in enumerate(bar):
-            set_lr(optimizer, cosine_lr(epoch * steps_per_epoch + i, total_steps, spec.lr, spec.min_lr))
+            cosine_schedule(optimizer, epoch * steps_per_epoch + i, total_steps)
             clip, mask = batch["clip"].to(device), batch["mask"].to(device)
-            with torch.no_grad(), autocast_context(device):
-                features = model.encoder(clip)
-            with autocast_context(device):
-                logits = decoder(features, out_size=tuple(clip.shape[-2:]))
+            if joint:
+                with autocast_context(device):
+                    logits = net(clip)["pred_mask"]
+            else:
+                with torch.no_grad(), autocast_context(device):
+                    features = model.encoder(clip)
+                with autocast_context(device):
+                    logits = net(features, out_size=tuple(clip.shape[-2:]))
             loss = focal_loss(logits.float(), mask, alpha=cfg.alpha, gamma=cfg.gamma)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -41,3 +41,10 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int, uri: str |
     batch = [Metric(key, float(v), now, int(step)) for key, v in metrics.items() if math.isfinite(float(v))]
     if batch:
         mlflow.MlflowClient(tracking_uri=tracking_uri(uri)).log_batch(run_id, metrics=batch)
+
+
+def set_tag(run_id: str, key: str, value: str, uri: str | None = None) -> None:
+    """Set tag ``key`` on run ``run_id`` from any process (no active run needed)."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=tracking_uri(uri)).set_tag(run_id, key, value)
