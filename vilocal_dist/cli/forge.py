@@ -67,6 +67,7 @@ def method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
+    from vilocal_dist.inpaint.base import check_method_config
     from vilocal_dist.tracking.setup import ui_command
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -78,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--test-fraction must be in [0, 1], got {args.test_fraction}")
     if args.retries < 0 or args.max_concurrent < 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise ConfigError("--retries and --max-concurrent must be ≥ 0, --cpus-per-trial > 0, --gpus-per-trial ≥ 0")
+    cfgs = method_overrides(args.overrides)
+    for method in methods:
+        check_method_config(method, cfgs.get(method))  # every option, before any video is read or Ray starts
     videos = expand_sources(args.sources, composed=args.composed, frames=args.frames, size=args.size or (240, 432), seed=args.seed)
-    jobs = plan_jobs(videos, methods, method_cfgs=method_overrides(args.overrides), test_fraction=args.test_fraction, seed=args.seed)
+    jobs = plan_jobs(videos, methods, method_cfgs=cfgs, test_fraction=args.test_fraction, seed=args.seed)
     resize = args.size if args.sources else None  # composed videos are generated at --size already
     opts = ForgeOptions(
         out=str(args.out.expanduser().resolve()), seed=args.seed, test_fraction=args.test_fraction,

@@ -25,7 +25,7 @@ from vilocal_dist.cli.args import size_type
 from vilocal_dist import __version__
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.inpaint.base import get_method, list_methods
+from vilocal_dist.inpaint.base import check_method_config, get_method, list_methods
 from vilocal_dist.video.io import IMAGE_EXTS, read_mask_image, resize_mask, write_png_folder, write_video
 from vilocal_dist.video.validate import check_same_size
 
@@ -135,6 +135,8 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         described.update(mask_kind="single", mask_frame=index)
     if not masks.any():
         raise InputError("every mask is empty: nothing to inpaint", mask or args.video)
+    if masks.all():
+        raise InputError("every pixel of every frame is masked: no known pixels to inpaint from", mask or args.video)
     described.update(frames=int(len(frames)), size=[int(frames.shape[1]), int(frames.shape[2])])
     return frames, masks.astype(bool), described
 
@@ -173,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     method = get_method(args.method)
     cfg = parse_overrides(args.overrides)
+    check_method_config(args.method, cfg)  # before decoding anything
     frames, masks, described = load_inputs(args)
     out: Path = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if result.frames.shape != frames.shape or result.frames.dtype != np.uint8:
         raise RuntimeError(f"{args.method} returned {result.frames.dtype} {result.frames.shape}, expected {frames.shape}")
+    # From here the old outputs are being replaced: without result.json the folder reads as incomplete.
+    (out / "result.json").unlink(missing_ok=True)
     write_png_folder(out / "frames", iter(result.frames))
     write_png_folder(out / "masks", iter(masks))
     preview = _write_preview(out, result.frames, args.preview)

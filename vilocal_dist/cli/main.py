@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VilocalError as exc:
-        # User-fixable problem: one line naming the file and the problem, no traceback.
-        print(f"vilocal: error: {exc}", file=sys.stderr)
+        # User-fixable problem: one line naming the file and the problem, no traceback. Wrapped
+        # library messages (YAML parser, torch.load) span lines: fold them into the one line.
+        print(f"vilocal: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vilocal: interrupted", file=sys.stderr)

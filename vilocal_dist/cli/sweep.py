@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +48,26 @@ def _fmt(key: str, value: object) -> str:
     return f"{key}={value:.4g}" if isinstance(value, float) and math.isfinite(value) else f"{key}={value}"
 
 
+def check_train_data(specs: list[Any]) -> None:
+    """A training sweep's dataset (and a focal sweep's given encoder) must exist before Ray starts:
+    otherwise every trial fails on it, one after another."""
+    from vilocal_dist.data.manifest import ForgedDataset
+    from vilocal_dist.engines.checkpoint import load_checkpoint
+    from vilocal_dist.errors import InputError
+    from vilocal_dist.tracking.setup import home_dir
+
+    for spec in specs:
+        if spec.kind == "inpaint-regularizers":
+            continue
+        if not spec.data.get("forge"):
+            root = (home_dir() / Path(spec.data["root"]).expanduser()).resolve()  # as the sweep resolves it
+            if not ForgedDataset(root).records(split="train"):
+                raise InputError(f"sweep {spec.name!r}: data.root holds no complete training videos "
+                                 "(forge them first, or add data.forge to the spec)", root)
+        if spec.data.get("encoder"):
+            load_checkpoint(Path(spec.data["encoder"]).expanduser())
+
+
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.spec import load_specs
     from vilocal_dist.distributed.sweep import run_spec_file
@@ -54,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from vilocal_dist.tracking.setup import ui_command
 
     overrides = parse_overrides(args.overrides)
-    load_specs(args.spec, overrides, args.only)  # every sub-sweep validated before Ray starts
+    check_train_data(load_specs(args.spec, overrides, args.only))  # every sub-sweep validated before Ray starts
     init_ray(args.address, args.num_cpus)
     outcomes = run_spec_file(args.spec, overrides, resume=args.resume, only=args.only, stop_after=args.stop_after)
     for o in outcomes:

@@ -13,6 +13,7 @@ epoch and every run) is passed through H.264 at CRF 23 in memory, as in the pape
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 from vilocal_dist.data.sources import ArraySource, VideoSource, open_source
+from vilocal_dist.errors import InputError
 from vilocal_dist.video.io import encode_roundtrip, iter_masks, resize_mask
+
+log = logging.getLogger(__name__)
 
 
 def reflect_index(index: int, num_frames: int) -> int:
@@ -85,6 +89,11 @@ class ClipDataset(Dataset):
                 source = open_source(frames)
             name = str(meta.get("video") or meta.get("name") or source.name)
             self.videos.append(_Video(source, masks, name, str(meta.get("method", "unknown")), source.num_frames))
+        short = [v.name for v in self.videos if v.num_frames < clip_len]
+        if short:
+            # Defined, not an error (every frame still gets a window), but such clips hold repeated frames.
+            log.warning("%d video(s) shorter than a %d-frame clip (%s): their windows repeat frames (reflected)",
+                        len(short), clip_len, ", ".join(short[:5]) + (", …" if len(short) > 5 else ""))
         self.index = [(v, t) for v, video in enumerate(self.videos) for t in range(video.num_frames)]
         self._windows = {video.num_frames: frame_windows(video.num_frames, clip_len) for video in self.videos}
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -123,7 +132,8 @@ class ClipDataset(Dataset):
             else:
                 masks = np.stack(list(iter_masks(video.masks, self.size)))
             if len(masks) != len(frames):
-                raise ValueError(f"{video.name}: {len(masks)} masks for {len(frames)} frames")
+                where = video.masks if isinstance(video.masks, (str, Path)) else video.source.spec
+                raise InputError(f"{len(masks)} masks for {len(frames)} frames (need one mask per frame)", where)
             self._cache[video_index] = (frames, masks)
         return self._cache[video_index]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -38,11 +39,12 @@ from tqdm import tqdm
 from vilocal_dist import __version__
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
-from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
-from vilocal_dist.engines.evaluate import predict_probs
+from vilocal_dist.engines.evaluate import load_detector, predict_probs
 from vilocal_dist.engines.overlay import red_overlay
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.video.io import list_image_files, replace_dir, resize_frame, write_video
+
+log = logging.getLogger(__name__)
 
 CLIP_LEN = 5
 VIDEO_SCORE = "mean over frames of the per-frame 99th-percentile probability"
@@ -104,14 +106,15 @@ def detect_video(
     """Write probability maps, masks, overlay video and report.json for ``video``; returns the report."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt["stage"] != 2:
-        raise ConfigError(f"checkpoint is from stage {ckpt['stage']} (no trained decoder); use a stage-2 checkpoint", checkpoint)
-    train_cfg = ckpt["train_config"]
-    size = tuple(size) if size is not None else (int(train_cfg["size_h"]), int(train_cfg["size_w"]))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(ckpt, device).eval()
+    ckpt, model, size = load_detector(checkpoint, device, size)
+    model.eval()
+    train_cfg = ckpt["train_config"]
     source = open_source(video)
+    if source.num_frames < CLIP_LEN:
+        # Defined, not an error: the reflected window repeats frames (1 frame: five copies of it).
+        log.warning("%s has %d frames, fewer than one %d-frame clip: windows repeat frames (reflected)",
+                    source.spec, source.num_frames, CLIP_LEN)
     # Hash what is actually decoded (a forged/DAVIS folder's frame folder, a video file).
     input_hash = file_sha256(source.frames_path) if isinstance(source, PathSource) else None
 
@@ -153,7 +156,11 @@ def detect_video(
 
     fps = source.info.fps if isinstance(source, PathSource) and source.info.fps else 25
     frames_iter = tqdm(overlay_frames(), total=source.num_frames, desc="detect", unit="frame", disable=not progress)
-    write_video(tmp / "overlay.mp4", frames_iter, codec="libx264", crf=18, fps=max(1, round(fps)))
+    try:
+        write_video(tmp / "overlay.mp4", frames_iter, codec="libx264", crf=18, fps=max(1, round(fps)))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a frame that fails to decode midway: no half outputs
+        raise
 
     for name in ("probs", "masks"):
         replace_dir(tmp / name, out / name)

@@ -20,8 +20,11 @@ from vilocal_dist.data.clips import ClipDataset
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
 from vilocal_dist.engines.metrics import MaskEvaluator
-from vilocal_dist.errors import ConfigError, InputError
+from vilocal_dist.errors import ConfigError, InputError, VilocalError
 from vilocal_dist.models import ViLocal, autocast_context
+
+#: What detection and evaluation read from a checkpoint (a foreign dict may lack any of it).
+_DETECTOR_KEYS = ("stage", "model_name", "model_config", "model_state", "train_config")
 
 
 @torch.no_grad()
@@ -31,6 +34,31 @@ def predict_probs(model: ViLocal, clip: torch.Tensor) -> torch.Tensor:
     with autocast_context(clip.device):
         logits = model(clip)["pred_mask"]
     return logits.float().sigmoid()
+
+
+def load_detector(
+    checkpoint: str | Path, device: torch.device | str = "cpu", size: tuple[int, int] | None = None
+) -> tuple[dict[str, Any], ViLocal, tuple[int, int]]:
+    """(checkpoint dict, model on ``device``, input size) of a stage-2 checkpoint; every problem
+    with the file is an InputError/ConfigError naming it. ``size`` defaults to the training size."""
+    ckpt = load_checkpoint(checkpoint)
+    missing = [key for key in _DETECTOR_KEYS if key not in ckpt]
+    train_cfg = ckpt.get("train_config")
+    if not missing and not (isinstance(train_cfg, dict) and {"size_h", "size_w"} <= set(train_cfg)):
+        missing = ["train_config.size_h/size_w"]
+    if missing:
+        raise InputError(f"incomplete vilocal checkpoint: no {', '.join(missing)}", checkpoint)
+    if ckpt["stage"] != 2:
+        raise ConfigError(
+            f"checkpoint is from stage {ckpt['stage']} (encoder only, untrained decoder); use a stage-2 checkpoint",
+            checkpoint,
+        )
+    try:
+        model = build_model(ckpt, device)
+    except VilocalError as exc:  # a network this version cannot build or load: say which file
+        raise InputError(exc.problem, checkpoint) from None
+    size = tuple(size) if size is not None else (int(train_cfg["size_h"]), int(train_cfg["size_w"]))
+    return ckpt, model, size
 
 
 def evaluate_model(
@@ -62,21 +90,14 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``."""
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt["stage"] != 2:
-        raise ConfigError(
-            f"checkpoint is from stage {ckpt['stage']} (encoder only, untrained decoder); evaluate a stage-2 checkpoint",
-            checkpoint,
-        )
-    train_cfg = ckpt["train_config"]
-    size = tuple(size) if size is not None else (int(train_cfg["size_h"]), int(train_cfg["size_w"]))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt, model, size = load_detector(checkpoint, device, size)
     records = ForgedDataset(data).records(split=split, methods=list(methods) if methods else None)
     if not records:
         raise InputError(f"no complete videos in split {split!r}" + (f" for methods {list(methods)}" if methods else ""), data)
     dataset = ClipDataset.from_manifest(data, split=split, methods=list(methods) if methods else None,
                                         size=size, compress_fraction=0.0)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = evaluate_model(build_model(ckpt, device), dataset, threshold=threshold, batch_size=batch_size,
+    scores = evaluate_model(model, dataset, threshold=threshold, batch_size=batch_size,
                             device=device, progress=progress)
     return {
         "model": str(Path(checkpoint).resolve()),

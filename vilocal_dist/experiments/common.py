@@ -377,6 +377,19 @@ def method_list(value: Any, where: str, source: str | Path | None, *, known: Seq
     return tuple(str(v) for v in value)
 
 
+def check_method_cfg(method: str, cfg: Any, where: str, source: str | Path | None) -> dict[str, Any]:
+    """``cfg`` (a mapping of ``method``'s options) checked by the method itself, before any forging."""
+    from vilocal_dist.inpaint.base import check_method_config
+
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {method}'s options, got {cfg!r}", source)
+    try:
+        check_method_config(method, dict(cfg))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.problem}", source) from None
+    return dict(cfg)
+
+
 def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     """Validate the shared sections of a training protocol's config."""
     from vilocal_dist.engines.config import TrainConfig
@@ -384,16 +397,19 @@ def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     methods = method_list(raw.get("methods"), "methods", source)
     cfgs = raw.get("method_cfgs") or {}
     check_keys(cfgs, methods, "method_cfgs", source)
-    if not all(isinstance(v, Mapping) for v in cfgs.values()):
-        raise ConfigError("method_cfgs must map a method to a mapping of its options", source)
+    cfgs = {m: check_method_cfg(m, c, f"method_cfgs.{m}", source) for m, c in cfgs.items()}
     workers = raw.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be an integer ≥ 1, got {workers!r}", source)
+    try:
+        train = TrainConfig.from_dict(raw.get("train") or {}, source=source)
+    except ConfigError as exc:  # name the section and the file (range checks know neither)
+        raise ConfigError(f"train: {exc.problem}", source) from None
     return Setup(
         data=DataSpec.from_dict(raw.get("data"), source),
         methods=methods,
-        method_cfgs={m: dict(c) for m, c in cfgs.items()},
-        train=TrainConfig.from_dict(raw.get("train") or {}, source=source),
+        method_cfgs=cfgs,
+        train=train,
         workers=workers,
         eval=EvalSpec.from_dict(raw.get("eval"), source),
     )

@@ -4,7 +4,8 @@ A method is a function ``method(frames, masks, cfg, *, seed=0, progress=True,
 workdir=None) -> InpaintResult`` where ``frames`` is uint8 ``T×H×W×3`` RGB and ``masks`` is
 bool ``T×H×W`` (True = hole to fill). ``cfg`` is a plain dict of method options (flat scalars,
 so a Tune search space and ``mlflow.log_params`` take it directly); unknown keys are an error.
-``workdir`` is where a long method keeps checkpoints so a rerun resumes.
+``workdir`` is where a long method keeps checkpoints so a rerun resumes. Each method registers
+a config check too, so entry points validate options before decoding videos or starting Ray.
 The fan-out, the experiments and the CLI only ever use this interface.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from vilocal_dist.errors import ConfigError
+from vilocal_dist.errors import ConfigError, InputError
 
 
 @dataclass
@@ -43,15 +44,20 @@ class InpaintMethod(Protocol):
 
 
 _REGISTRY: dict[str, InpaintMethod] = {}
+_CONFIG_CHECKS: dict[str, Callable[[dict[str, Any] | None], Any]] = {}
 
 
-def register_method(name: str) -> Callable[[InpaintMethod], InpaintMethod]:
-    """Decorator: make ``fn`` available as ``get_method(name)``."""
+def register_method(
+    name: str, *, config: Callable[[dict[str, Any] | None], Any]
+) -> Callable[[InpaintMethod], InpaintMethod]:
+    """Decorator: make ``fn`` available as ``get_method(name)``; ``config(cfg)`` resolves its
+    options dict, raising ConfigError for unknown keys, wrong types or illegal values."""
 
     def wrap(fn: InpaintMethod) -> InpaintMethod:
         if name in _REGISTRY:
             raise ValueError(f"inpainting method {name!r} registered twice")
         _REGISTRY[name] = fn
+        _CONFIG_CHECKS[name] = config
         return fn
 
     return wrap
@@ -77,12 +83,22 @@ def get_method(name: str) -> InpaintMethod:
     return _REGISTRY[name]
 
 
+def check_method_config(name: str, cfg: dict[str, Any] | None) -> Any:
+    """``cfg`` resolved by method ``name``'s config check, without running the method."""
+    get_method(name)
+    return _CONFIG_CHECKS[name](cfg)
+
+
 def check_inputs(frames: np.ndarray, masks: np.ndarray) -> None:
-    """Shared shape/dtype contract for every method."""
+    """Shared shape/dtype contract for every method; all-hole masks leave nothing to fill from."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 T×H×W×3, got {frames.dtype} {frames.shape}")
     if masks.shape != frames.shape[:3] or masks.dtype != np.bool_:
         raise ValueError(f"masks must be bool T×H×W matching frames {frames.shape[:3]}, got {masks.dtype} {masks.shape}")
+    if masks.size and masks.all():
+        # OpenCV returns such frames unchanged and the learnt methods fit nothing (NaN metrics):
+        # either way the "inpainted" video would be a silent lie.
+        raise InputError("every pixel of every frame is masked: no known pixels to inpaint from")
 
 
 def composite(pred: np.ndarray, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:

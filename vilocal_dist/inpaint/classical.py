@@ -18,8 +18,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vilocal_dist.inpaint.base import InpaintResult, check_cfg, check_inputs, composite, register_method
-from vilocal_dist.inpaint.flow import complete_flow, dis_estimator, dis_flow, prefill, warp
+from vilocal_dist.errors import ConfigError, InputError
+from vilocal_dist.inpaint.base import (
+    InpaintResult,
+    check_cfg,
+    check_inputs,
+    coerce_option,
+    composite,
+    register_method,
+)
+from vilocal_dist.inpaint.flow import DIS_PRESETS, complete_flow, dis_estimator, dis_flow, prefill, warp
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,9 @@ class SpatialConfig:
     """Per-frame OpenCV inpainting (``telea`` / ``ns``)."""
 
     radius: int = 3  # neighbourhood radius (pixels) each fill step looks at
+
+    def problems(self) -> list[str]:
+        return [f"radius must be >= 1, got {self.radius}"] if self.radius < 1 else []
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,24 @@ class FlowPropConfig:
     dis_preset: str = "medium"  # OpenCV DIS preset: ultrafast | fast | medium
     flow_margin: int = 8  # band (pixels) around each hole whose flow is also re-grown (DIS patch size)
     radius: int = 3  # Telea radius for the final spatial fill of never-seen pixels
+
+    def problems(self) -> list[str]:
+        checks = [
+            (self.dis_preset in DIS_PRESETS, f"dis_preset must be one of {sorted(DIS_PRESETS)}, got {self.dis_preset!r}"),
+            (self.flow_margin >= 0, f"flow_margin must be >= 0, got {self.flow_margin}"),
+            (self.radius >= 1, f"radius must be >= 1, got {self.radius}"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+def _resolve(cls: type, cfg: dict[str, Any] | None, method: str) -> Any:
+    """``cfg`` over the defaults of config class ``cls``, types coerced, ranges checked."""
+    merged = check_cfg(cfg, asdict(cls()), method)
+    config = cls(**{k: coerce_option(method, k, v, getattr(cls, k)) for k, v in merged.items()})
+    problems = config.problems()
+    if problems:
+        raise ConfigError(f"{method}: " + "; ".join(problems))
+    return config
 
 
 def _spatial(frames: np.ndarray, masks: np.ndarray, radius: int, flag: int, progress: bool, desc: str) -> np.ndarray:
@@ -57,7 +86,12 @@ def _spatial_method(name: str, flag: int):
         workdir: Path | None = None,
     ) -> InpaintResult:
         check_inputs(frames, masks)
-        config = SpatialConfig(**check_cfg(cfg, asdict(SpatialConfig()), name))
+        config = _resolve(SpatialConfig, cfg, name)
+        full = np.flatnonzero(masks.reshape(len(masks), -1).all(axis=1))
+        if full.size:
+            # cv2.inpaint returns a frame with no known pixel unchanged: the hole would keep its content.
+            raise InputError(f"frame {int(full[0])} is masked entirely: {name} fills each frame from its own "
+                             "known pixels (use flowprop, iivi or intervi, which borrow from other frames)")
         filled = _spatial(frames, masks, config.radius, flag, progress, name)
         return InpaintResult(frames=composite(filled, frames, masks), config={"method": name, **asdict(config)})
 
@@ -66,8 +100,12 @@ def _spatial_method(name: str, flag: int):
     return method
 
 
-telea = register_method("telea")(_spatial_method("telea", cv2.INPAINT_TELEA))
-ns = register_method("ns")(_spatial_method("ns", cv2.INPAINT_NS))
+def _spatial_config(name: str):
+    return lambda cfg: _resolve(SpatialConfig, cfg, name)
+
+
+telea = register_method("telea", config=_spatial_config("telea"))(_spatial_method("telea", cv2.INPAINT_TELEA))
+ns = register_method("ns", config=_spatial_config("ns"))(_spatial_method("ns", cv2.INPAINT_NS))
 
 
 def _propagate(
@@ -100,7 +138,7 @@ def _propagate(
     return values, hops
 
 
-@register_method("flowprop")
+@register_method("flowprop", config=lambda cfg: _resolve(FlowPropConfig, cfg, "flowprop"))
 def flowprop(
     frames: np.ndarray,
     masks: np.ndarray,
@@ -115,7 +153,7 @@ def flowprop(
     frames: uint8 T×H×W×3, masks: bool T×H×W (True = hole) -> composited uint8 T×H×W×3.
     """
     check_inputs(frames, masks)
-    config = FlowPropConfig(**check_cfg(cfg, asdict(FlowPropConfig()), "flowprop"))
+    config = _resolve(FlowPropConfig, cfg, "flowprop")
     n = len(frames)
     estimator = dis_estimator(config.dis_preset)
     filled = np.stack([prefill(f, m, config.radius) for f, m in zip(frames, masks)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -86,8 +87,13 @@ def load_vgg_state(arch: str, path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{arch} weights file not found", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling/format failure is a bad file, not a bug here
-        raise InputError(f"cannot read {arch} weights as a torch state dict ({exc})", path) from exc
+    except pickle.UnpicklingError:
+        # torch's message here is a page advising weights_only=False: never for a weights file from elsewhere.
+        raise InputError(f"cannot read {arch} weights: not a torch file of plain tensors (corrupt, or holds "
+                         "pickled objects)", path) from None
+    except Exception as exc:  # any other format failure is a bad file, not a bug here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read {arch} weights as a torch state dict ({first})", path) from exc
     if not isinstance(state, dict):
         raise InputError(f"{arch} weights must be a state dict, got {type(state).__name__}", path)
     features = {k: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}

@@ -89,6 +89,8 @@ def image_header(path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int,
 def _open_container(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise InputError("no such file", path)
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)", path)
     try:
         container = av.open(str(path))
     except av.EOFError:

@@ -140,7 +140,7 @@ def _to_native_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in mask])
 
 
-@register_method("iivi")
+@register_method("iivi", config=IIVIConfig.from_dict)
 def iivi(
     frames: np.ndarray,
     masks: np.ndarray,

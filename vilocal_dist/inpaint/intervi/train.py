@@ -230,7 +230,7 @@ def _generate(net: SkipNet, noise: torch.Tensor, h: int, w: int, chunk: int, amp
     return rearrange(video, "t c h w -> t h w c").cpu().numpy()
 
 
-@register_method("intervi")
+@register_method("intervi", config=resolve_config)
 def intervi(
     frames: np.ndarray,
     masks: np.ndarray,
