@@ -213,7 +213,7 @@ CONFIG_CASES = [
         ("unknown.yaml", "{C}/unknown.yaml: unknown training config key 'taux' (did you mean 'tau'?)"),
         ("list.yaml", "{C}/list.yaml: a training config must be a mapping"),
         ("missing.yaml", "{C}/missing.yaml: cannot read config"),
-        ("tau0.yaml", "tau must be > 0, got 0.0"),
+        ("tau0.yaml", "{C}/tau0.yaml: tau must be > 0, got 0.0"),
     ]
 ] + [
     case(f"train-set-{item}", f"{TRAIN} --set {item}", message)
@@ -321,17 +321,12 @@ WEIGHT_CASES = [
     ]
 ]
 
-# Real gaps in files this corpus does not own: strict, so fixing one turns its case red until unmarked.
-KNOWN_GAPS = [
+# Checked before Ray starts (these used to start Ray first).
+EARLY_CHECKS = [
     case("train-data-missing", "train --data {C}/nowhere --set model=vilocal_tiny",
-         "{C}/nowhere: no complete videos in the train split",
-         marks=pytest.mark.xfail(raises=RayStarted, strict=True,
-                                 reason="cli/train.py starts Ray before train() validates --data")),
+         "{C}/nowhere: no complete videos in the train split"),
     case("experiment-inpaint-quality-method-option", "experiment inpaint-quality-tiny --set method_cfgs.iivi.lambda_a=-1",
-         "iivi: lambda_a, lambda_s must be ≥ 0",
-         marks=pytest.mark.xfail(raises=RayStarted, strict=True,
-                                 reason="experiments/inpaint_quality.validate does not check method options "
-                                        "(common.check_method_cfg would)")),
+         "iivi: lambda_a, lambda_s must be ≥ 0"),
 ]
 
 
@@ -356,7 +351,7 @@ def paths(corpus: Path, tmp_path: Path) -> dict[str, Path]:
             "REGULARIZERS": sweeps / "inpaint-regularizers.yaml"}
 
 
-@pytest.mark.parametrize("command, message", VIDEO_CASES + MASK_CASES + CONFIG_CASES + WEIGHT_CASES + KNOWN_GAPS)
+@pytest.mark.parametrize("command, message", VIDEO_CASES + MASK_CASES + CONFIG_CASES + WEIGHT_CASES + EARLY_CHECKS)
 def test_bad_input_is_one_line_exit_2_and_nothing_complete(command, message, paths, monkeypatch, capsys):
     code, lines = run_cli(command, paths, monkeypatch, capsys)
     assert code == 2, lines

@@ -66,15 +66,16 @@ def test_merge_and_dotted_overrides():
         apply_overrides(base, {"crfs.a": 1})
 
 
-def test_ablation_marks_conditions_the_engines_cannot_train():
-    assert "no field 'made_up'" in ablation.unavailable_reason({"made_up": 1}, "both")
-    assert "no stage 'nope'" in ablation.unavailable_reason({}, "nope")
-    assert ablation.unavailable_reason({"tau": 0.2}, "both") == ""
+def test_ablation_conditions_are_checked_when_read():
     spec, _ = resolve_config("ablation", tiny=True)
-    assert [c.name for c in spec.conditions] == ["no_hp3d", "no_contrastive", "full"]
-    assert spec.conditions[-1].unavailable == ""
-    with pytest.raises(ConfigError, match="no condition can be trained"):
+    assert [(c.name, c.stage, dict(c.train)) for c in spec.conditions] == [
+        ("no_hp3d", "both", {"use_hp3d": False}), ("no_contrastive", "joint", {}), ("full", "both", {})]
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.stage must be one of both, joint, got 'nope'"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "stage": "nope"}]})
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: unknown training config key 'made_up'"):
+        resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"made_up": 1}}]})
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: tau must be > 0"):
+        resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"tau": 0}}]})
 
 
 def test_inpaint_conditions_pack_into_forge_runs_one_method_each():
@@ -141,14 +142,14 @@ def test_generalization_table_stars_seen_methods_and_averages():
     assert lines[2] == "| a+b | 0.50/0.60 * | 0.70/0.80 * | 0.10/– | 0.60/0.70 | –/– |"
 
 
-def test_ablation_table_lists_unavailable_conditions_with_reason():
-    rows = [{**_row("full", m, m != "c", 0.25, 0.5), "label": "ViLocal", "note": ""} for m in "abc"]
-    rows += [{**_row("no_x", m, m != "c", None, None), "label": "w/o X", "note": "unavailable: why"} for m in "abc"]
-    lines = ablation.format_table(rows, ["a", "b", "c"]).splitlines()
+def test_ablation_table_one_line_per_condition():
+    rows = [{**_row("full", m, m != "c", 0.25, 0.5), "label": "ViLocal"} for m in "abc"]
+    rows += [{**_row("no_x", m, m != "c", 0.125, None), "label": "w/o X"} for m in "abc"]
+    lines = ablation.format_table(rows, ["a", "b", "c"], caption="cap").splitlines()
     assert lines[0] == "| variant | a* | b* | c |"
     assert lines[2] == "| ViLocal | 0.25/0.50 | 0.25/0.50 | 0.25/0.50 |"
-    assert lines[3] == "| w/o X | –/– | –/– | –/– |"
-    assert "- w/o X: unavailable: why" in lines
+    assert lines[3] == "| w/o X | 0.12/– | 0.12/– | 0.12/– |"
+    assert lines[-1] == "cap"
 
 
 def test_compression_tables_pivot_codecs_and_double_compression():
@@ -262,10 +263,7 @@ def test_ablation_tiny(exp_home):
     assert [r["condition"] for r in result.rows] == [c.name for c in spec.conditions for _ in range(3)]
     for cond in spec.conditions:
         group = [r for r in result.rows if r["condition"] == cond.name]
-        if cond.unavailable:
-            assert all(r["f1"] is None and cond.unavailable in r["note"] for r in group)
-        else:
-            assert all(_in_unit(r["f1"]) and _in_unit(r["iou"]) for r in group)
+        assert all(_in_unit(r["f1"]) and _in_unit(r["iou"]) for r in group)
     _check_recorded(result, {"plots/f1_by_method.png"}, {c.name for c in spec.conditions})
 
 

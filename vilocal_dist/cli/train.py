@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.train import train
     from vilocal_dist.distributed.tuning import init_ray
     from vilocal_dist.engines.config import load_config, parse_overrides
+    from vilocal_dist.engines.datasets import training_datasets
     from vilocal_dist.tracking import tracking_uri, ui_command
 
     if args.stage == "2" and args.encoder is None:
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run_name = args.run_name or time.strftime("train-%Y%m%d-%H%M%S")
 
+    training_datasets(args.data, cfg, methods)  # a bad --data fails here, before Ray starts
     init_ray(args.address, args.num_cpus)
     start = time.perf_counter()
     outcomes = train(args.stage, cfg, args.data, run_name=run_name, methods=methods, workers=args.workers,

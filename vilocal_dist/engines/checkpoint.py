@@ -86,7 +86,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise InputError(f"not a readable checkpoint ({type(exc).__name__}: {exc})", path) from exc
+        # The first line only: torch appends a page of weights_only advice that does not apply here.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"not a readable checkpoint ({type(exc).__name__}: {first})", path) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"not a vilocal checkpoint (expected format {FORMAT!r})", path)
     return ckpt

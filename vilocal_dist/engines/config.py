@@ -123,7 +123,13 @@ class TrainConfig:
         """Build from a flat dict; unknown keys and wrongly typed values are ConfigErrors."""
         _check_keys(d, source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        return cls(**{key: _coerce(key, value, fields[key].type, source) for key, value in d.items()})
+        values = {key: _coerce(key, value, fields[key].type, source) for key, value in d.items()}
+        try:
+            return cls(**values)
+        except ConfigError as exc:  # a range check: name the file the values came from
+            if exc.path is None and source is not None:
+                raise ConfigError(exc.problem, source) from None
+            raise
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})

@@ -8,16 +8,14 @@ per condition, all scored on the same test split:
 * ``no_hp3d`` — the same with raw RGB into the encoder instead of the HP3D noise residual
   (training config ``use_hp3d: false``);
 * ``no_contrastive`` — no stage 1: encoder and decoder trained together with the focal loss only
-  (``stage: joint``).
+  (``stage: joint``, the same number of epochs as both stages together).
 
-A condition needs its training mode from the engines: a ``train`` override that
-``TrainConfig`` lacks, or a ``stage`` that ``distributed.train`` does not offer, makes that
-condition *unavailable*: it is listed in the table with the reason, and the others still run.
+A condition is any ``train`` override of ``TrainConfig`` plus a training ``stage`` of
+``distributed.train`` ("both" or "joint"); both are checked when the YAML is read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,10 +35,10 @@ from vilocal_dist.experiments.common import (
 )
 from vilocal_dist.experiments.generalization import condition_metrics, figure, method_rows, score_models
 
-COLUMNS = ["condition", "label", "test_method", "seen", "iou", "f1", "frames", "videos", "note"]
+COLUMNS = ["condition", "label", "test_method", "seen", "iou", "f1", "frames", "videos"]
 CONDITION_KEYS = ("name", "label", "train", "stage")
-#: Stages every build of distributed.train offers; others must be listed in its ``STAGES``.
-BASE_STAGES = ("1", "2", "both")
+#: Training modes that end in a full detector (a stage-2 checkpoint).
+DETECTOR_STAGES = ("both", "joint")
 
 
 @dataclass(frozen=True)
@@ -48,8 +46,7 @@ class Condition:
     name: str
     label: str  # the row title, e.g. "Ours w/o HP3D"
     train: Mapping[str, Any]  # TrainConfig overrides
-    stage: str  # "both" (two stages) or another stage of distributed.train, e.g. "joint"
-    unavailable: str = ""  # why this build cannot train it ("" = it can)
+    stage: str  # "both" (contrastive stage, then focal stage) or "joint" (focal only, end to end)
 
 
 @dataclass(frozen=True)
@@ -57,25 +54,6 @@ class AblationConfig:
     setup: Setup
     train_on: tuple[str, ...]
     conditions: tuple[Condition, ...]
-
-
-def train_stages() -> tuple[str, ...]:
-    """The ``stage`` values this build's ``distributed.train.train`` accepts."""
-    from vilocal_dist.distributed import train as train_module
-
-    return tuple(getattr(train_module, "STAGES", BASE_STAGES))
-
-
-def unavailable_reason(train: Mapping[str, Any], stage: str) -> str:
-    """Why the engines cannot train this condition, or "" when they can."""
-    from vilocal_dist.engines.config import TrainConfig
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    missing = [k for k in train if k not in known]
-    reasons = [f"TrainConfig has no field {k!r}" for k in missing]
-    if stage not in train_stages():
-        reasons.append(f"distributed.train.train offers no stage {stage!r} (has {', '.join(train_stages())})")
-    return "; ".join(reasons)
 
 
 def _condition(d: Any, index: int, setup: Setup, source: str | Path | None) -> Condition:
@@ -87,10 +65,14 @@ def _condition(d: Any, index: int, setup: Setup, source: str | Path | None) -> C
     if not isinstance(train, Mapping):
         raise ConfigError(f"conditions[{index}].train must be a mapping of training config keys", source)
     stage = str(d.get("stage", "both"))
-    reason = unavailable_reason(train, stage)
-    if not reason:  # the overrides must still make a legal config
+    if stage not in DETECTOR_STAGES:
+        raise ConfigError(f"conditions[{index}].stage must be one of {', '.join(DETECTOR_STAGES)}, got {stage!r}",
+                          source)
+    try:  # the overrides must make a legal training config
         setup.train.replace(**train)
-    return Condition(name, str(d.get("label", name)), dict(train), stage, reason)
+    except ConfigError as exc:
+        raise ConfigError(f"conditions[{index}].train: {exc.problem}", source) from None
+    return Condition(name, str(d.get("label", name)), dict(train), stage)
 
 
 def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfig:
@@ -104,9 +86,6 @@ def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfi
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ConfigError(f"condition names must differ, got {names}", source)
-    if all(c.unavailable for c in conditions):
-        raise ConfigError("no condition can be trained by this build: "
-                          + "; ".join(f"{c.name}: {c.unavailable}" for c in conditions), source)
     return AblationConfig(setup, train_on, conditions)
 
 
@@ -115,32 +94,24 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
 
     setup = config.setup
     data = forge_dataset(setup.data, setup.methods, setup.method_cfgs, workdir)
-    runnable = [c for c in config.conditions if not c.unavailable]
     models = []
-    for cond in runnable:
+    for cond in config.conditions:
         model = train_model(setup.train.replace(**cond.train), data, config.train_on, workers=setup.workers,
                             experiment=recorder.experiment, workdir=workdir, stage=cond.stage)
         if not model.reused:
             recorder.adopt(model.run_ids, cond.name)
         models.append(model)
-    scores = dict(zip([c.name for c in runnable], score_models(setup, data, models)))
-    by_name = dict(zip([c.name for c in runnable], models))
+    names = [c.name for c in config.conditions]
+    scores = dict(zip(names, score_models(setup, data, models)))
 
     rows: list[dict[str, Any]] = []
-    for cond in config.conditions:
+    for cond, model in zip(config.conditions, models):
         params = {"condition": cond.name, "label": cond.label, "stage": cond.stage, "train": dict(cond.train),
-                  "train_on": "+".join(config.train_on)}
-        if cond.unavailable:
-            group = [{"condition": cond.name, "label": cond.label, "test_method": m, "seen": m in config.train_on,
-                      "iou": None, "f1": None, "frames": 0, "videos": 0, "note": f"unavailable: {cond.unavailable}"}
-                     for m in setup.methods]
-            recorder.child(cond.name, params=params, metrics={}, tags={"vilocal.unavailable": cond.unavailable})
-        else:
-            model = by_name[cond.name]
-            group = [{**r, "label": cond.label, "note": ""}
-                     for r in method_rows(cond.name, setup.methods, config.train_on, scores[cond.name])]
-            recorder.child(cond.name, params={**params, "model": str(model.checkpoint), "reused": model.reused},
-                           metrics=condition_metrics(group), tags={"vilocal.train_runs": ",".join(model.run_ids)})
+                  "train_on": "+".join(config.train_on), "model": str(model.checkpoint), "reused": model.reused}
+        group = [{**r, "label": cond.label}
+                 for r in method_rows(cond.name, setup.methods, config.train_on, scores[cond.name])]
+        recorder.child(cond.name, params=params, metrics=condition_metrics(group),
+                       tags={"vilocal.train_runs": ",".join(model.run_ids)})
         rows += group
     caption = (f"IoU/F1 pooled over every test frame; trained on {'+'.join(config.train_on)} (*), the other "
                f"methods unseen. Model {setup.train.model} at {setup.train.size_h}x{setup.train.size_w}. "
@@ -154,14 +125,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], capt
     seen = {r["test_method"] for r in rows if r["seen"]}
     header = [m + ("*" if m in seen else "") for m in methods]
     lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---:|" * len(methods)]
-    notes = []
     for condition in dict.fromkeys(r["condition"] for r in rows):
         group = {r["test_method"]: r for r in rows if r["condition"] == condition}
         first = next(iter(group.values()))
         lines.append(f"| {first['label']} | " + " | ".join(pair(group[m]["iou"], group[m]["f1"]) for m in methods) + " |")
-        if first["note"]:
-            notes.append(f"- {first['label']}: {first['note']}")
-    text = "\n".join(lines)
-    if notes:
-        text += "\n\n" + "\n".join(notes)
-    return text + ("\n\n" + caption if caption else "") + "\n"
+    return "\n".join(lines) + ("\n\n" + caption if caption else "") + "\n"

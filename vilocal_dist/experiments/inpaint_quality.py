@@ -29,6 +29,7 @@ from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.experiments.common import (
     COMMON_KEYS,
     check_keys,
+    check_method_cfg,
     config_hash,
     from_mapping,
     method_list,
@@ -90,7 +91,8 @@ def validate(raw: Mapping[str, Any], source: str | Path | None) -> QualityConfig
     for i, d in enumerate(items):
         d = check_keys(d, CONDITION_KEYS, f"conditions[{i}]", source)
         method = method_list([d.get("method", d.get("name"))], f"conditions[{i}].method", source)[0]
-        cfg = {**(base.get(method) or {}), **(d.get("cfg") or {})}
+        cfg = check_method_cfg(method, {**(base.get(method) or {}), **(d.get("cfg") or {})},
+                               f"conditions[{i}].cfg", source)
         conditions.append(Condition(str(d.get("name", method)), method, str(d.get("type", "")), cfg))
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
