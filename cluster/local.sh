@@ -129,16 +129,19 @@ write_env_file() {
   # Ray publishes the address of the GCS it started (the node's own IP, not loopback).
   gcs_address="$(cat "$RAY_TEMP_DIR/ray_current_cluster")"
   tmp="$(mktemp "$STATE_DIR/env.sh.XXXXXX")"
-  cat >"$tmp" <<EOF
-# Written by cluster/local.sh start; removed by stop. Source it in the shell you submit from.
-export RAY_API_SERVER_ADDRESS=$DASHBOARD_URL
-export RAY_ADDRESS=$gcs_address
-export RAY_AUTH_MODE=token
-export RAY_AUTH_TOKEN_PATH=$TOKEN_FILE
-export MLFLOW_TRACKING_URI=$MLFLOW_URL
-export VILOCAL_HOME=$JOB_HOME
-export VILOCAL_STORAGE=$JOB_STORAGE
-EOF
+  # %q quotes each value for the shell that sources the file: a path with spaces or shell
+  # characters stays one literal word instead of being split or run.
+  {
+    echo "# Written by cluster/local.sh start; removed by stop. Source it in the shell you submit from."
+    printf 'export %s=%q\n' \
+      RAY_API_SERVER_ADDRESS "$DASHBOARD_URL" \
+      RAY_ADDRESS "$gcs_address" \
+      RAY_AUTH_MODE token \
+      RAY_AUTH_TOKEN_PATH "$TOKEN_FILE" \
+      MLFLOW_TRACKING_URI "$MLFLOW_URL" \
+      VILOCAL_HOME "$JOB_HOME" \
+      VILOCAL_STORAGE "$JOB_STORAGE"
+  } >"$tmp"
   mv "$tmp" "$ENV_FILE"
 }
 
@@ -167,7 +170,7 @@ MLflow          $MLFLOW_URL
 Run outputs     $JOB_HOME   Ray storage $JOB_STORAGE
 
 Submit from the repository root:
-  source $ENV_FILE
+  source $(printf '%q' "$ENV_FILE")
   ray job submit --working-dir . -- python -m vilocal_dist --help
 Stop with: cluster/local.sh stop
 EOF
@@ -231,7 +234,7 @@ cmd_status() {
   else
     echo "ray     stopped"; code=1
   fi
-  [ -f "$ENV_FILE" ] && echo "env     source $ENV_FILE"
+  [ -f "$ENV_FILE" ] && echo "env     source $(printf '%q' "$ENV_FILE")"
   return "$code"
 }
 

@@ -6,11 +6,19 @@
     DIR/videos/<id>/frames/00000.png …      lossless RGB
     DIR/videos/<id>/masks/00000.png …       0/255 (255 = inpainted)
     DIR/videos/<id>/provenance.json         the record itself
+    DIR/videos/.tmp-<id>-<random>/          a video being written (hidden; not part of the dataset)
+    DIR/.videos.lock                        lock for creating and sweeping those temp folders
 
-A video's files are written under ``videos/.tmp-<id>-<random>``, then, under an exclusive lock
-on the manifest, renamed into place and its record appended (one whole line, fsynced). A crash
-therefore leaves either nothing in the manifest or a complete video; readers ignore a trailing
-partial line. Many workers may write to one dataset at once.
+A video's files are written under ``videos/.tmp-<id>-<random>`` and fsynced; then, under an
+exclusive lock on the manifest, the folder is renamed into place (the directory fsynced) and only
+then is its record appended (one whole line, fsynced). A crash, even of the machine, therefore
+leaves either nothing in the manifest or a complete video; readers ignore a trailing partial line.
+Many workers may write to one dataset at once.
+
+Leftovers of dead writers are removed by the next writer: each temp folder holds a ``.writer``
+file its writer keeps flock-ed, and the kernel drops that lock when the writer dies (SIGKILL
+included), so a temp folder whose lock can be taken is garbage. Folders are created and swept
+under ``.videos.lock`` so that a sweep never sees a folder without its lock yet.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,9 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+TMP_PREFIX = ".tmp-"
+_WRITER = ".writer"  # inside a temp folder: flock-ed by its live writer
+_FOLDERS_LOCK = ".videos.lock"  # next to the manifest: creating and sweeping temp folders
 SPLITS = ("train", "test")
 REQUIRED_FIELDS = ("source_video", "source", "method", "split", "config", "seed")
 _VERSIONED_PACKAGES = (
@@ -126,25 +138,101 @@ class ForgedDataset:
         return records
 
 
-def _publish(dataset: ForgedDataset, tmp: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Move the finished folder ``tmp`` to videos/<id> and append ``record`` as one line.
-
-    Both happen under an exclusive lock on the manifest, so two writers of the same id cannot
-    interleave: the second finds the id completed and returns the first one's record.
-    """
-    path = dataset.manifest_path
-    line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+@contextmanager
+def _flocked(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> Iterator[int]:
+    """An fd on ``path`` held under an exclusive flock until the block ends."""
+    fd = os.open(path, flags, 0o644)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def _writer_alive(folder: Path) -> bool:
+    """Whether the writer of temp folder ``folder`` still runs (holds the lock on its ``.writer``)."""
+    try:
+        fd = os.open(folder / _WRITER, os.O_RDWR)
+    except FileNotFoundError:
+        return False  # created under the folders lock with its .writer: only a dead writer's lacks it
+    except OSError:
+        return True  # unreadable: not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _sweep_dead(videos: Path) -> list[str]:
+    """Remove the temp folders of writers that died; returns their names. Call under the folders lock."""
+    removed = []
+    for entry in sorted(videos.iterdir()):
+        if entry.name.startswith(TMP_PREFIX) and entry.is_dir() and not _writer_alive(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        log.info("%s: removed temp folders of writers that died: %s", videos, removed)
+    return removed
+
+
+def _claim_tmp(dataset: ForgedDataset, vid: str) -> tuple[Path, int]:
+    """A fresh temp folder for ``vid`` and the fd whose flock marks its writer alive (close it when
+    done). Sweeps dead writers' folders first: this is how a rerun cleans up after a crash."""
+    videos = dataset.root / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # no way to tell a live writer from a dead one: sweep nothing
+        tmp = videos / f"{TMP_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        return tmp, os.open(tmp / _WRITER, os.O_RDWR | os.O_CREAT, 0o644)
+    with _flocked(dataset.root / _FOLDERS_LOCK):
+        _sweep_dead(videos)
+        tmp = videos / f"{TMP_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        fd = os.open(tmp / _WRITER, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return tmp, fd
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folders themselves, so a rename published after this
+    can never point at data a power loss would take back."""
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        _fsync(path)
+
+
+def _publish(dataset: ForgedDataset, tmp: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Move the finished folder ``tmp`` to videos/<id>, then append ``record`` as one line.
+
+    Both happen under an exclusive lock on the manifest, so two writers of the same id cannot
+    interleave: the second finds the id completed and returns the first one's record. A folder
+    at videos/<id> without a record (its writer died between rename and append) is replaced.
+    """
+    with _flocked(dataset.manifest_path, os.O_RDWR | os.O_APPEND | os.O_CREAT) as fd:
         for existing in dataset.records():
             if existing["id"] == record["id"]:
                 return existing
         final = dataset.video_dir(record["id"])
-        if final.exists():  # left by a run that died before appending its record
-            shutil.rmtree(final)
+        stale = final.with_name(f"{TMP_PREFIX}{record['id']}-{uuid.uuid4().hex[:8]}-stale")
+        if final.exists():
+            os.replace(final, stale)  # aside in one step: videos/<id> is never half-deleted
         os.replace(tmp, final)
+        (final / _WRITER).unlink()
+        _fsync(final.parent)  # the rename is durable before the record that announces it
+        if stale.exists():
+            shutil.rmtree(stale, ignore_errors=True)
+        line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
         # A partial line left by a crashed writer would glue onto ours: start on a fresh line.
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -152,8 +240,6 @@ def _publish(dataset: ForgedDataset, tmp: Path, record: dict[str, Any]) -> dict[
         os.write(fd, line)
         os.fsync(fd)
         return record
-    finally:
-        os.close(fd)  # also releases the lock
 
 
 def write_forged_video(
@@ -191,15 +277,14 @@ def write_forged_video(
         "versions": record.get("versions") or package_versions(),
         "created": record.get("created") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    videos = dataset.root / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    tmp = videos / f".tmp-{vid}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp, writer = _claim_tmp(dataset, vid)
     try:
         write_png_folder(tmp / "frames", frames)
         write_png_folder(tmp / "masks", masks.astype(bool))
         (tmp / "provenance.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
         return _publish(dataset, tmp, full)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(writer)  # after the removal: a sweep must never see this folder unlocked

@@ -12,6 +12,12 @@ Plan → skip → fan out:
    and retries. The experiment folder name is a hash of the whole plan, so rerunning the same
    command after an interruption finds it and ``Tuner.restore`` continues it.
 
+Faults: a trial that raises or whose worker dies is restarted up to ``retries`` times and redoes
+its video from scratch; nothing reaches the manifest before a video is complete, and the dead
+attempt's temp folder is swept by the next writer (``data.manifest``). A video failing every
+attempt is listed in ``ForgeSummary.failed``; the same command again retries only it.
+Trial folders are named ``<job id>_<trial id>``.
+
 MLflow: experiment ``vilocal-forge``, a parent run per forge (reopened on resume), a child run
 per trial written by the driver-side ``MLflowTrialLogger``.
 """
@@ -159,6 +165,11 @@ def _trial_name(trial: Any) -> str:
     return trial.config["job"]["id"]
 
 
+def _trial_dirname(trial: Any) -> str:
+    """``<job id>_<trial id>``: a trial's folder (and its worker's cwd) says which video it forges."""
+    return f"{trial.config['job']['id']}_{trial.trial_id}".replace("/", "_")
+
+
 def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks: list, path: str, resume: bool) -> tune.Tuner:
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     trainable = tune.with_resources(forge_trial, resources)
@@ -171,7 +182,9 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
     return tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs), "opts": asdict(opts)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=path.rsplit("/", 1)[0],

@@ -8,6 +8,7 @@ was asked to fill (``composite`` keeps every other pixel untouched).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -67,8 +68,9 @@ def forge_video(
     frames, masks, spec = _load(source, size, max_frames)
     if not masks.any():
         raise InputError("the source's masks are empty: there is nothing to remove", spec)
-    result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress,
-                     workdir=Path(out_root) / ".work" / vid)
+    # Checkpoints of long methods live here, so a retried trial resumes instead of restarting.
+    workdir = Path(out_root) / ".work" / vid
+    result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress, workdir=workdir)
     record = {
         "source_video": name,
         "source": spec,
@@ -80,7 +82,9 @@ def forge_video(
         "size": list(frames.shape[1:3]),
         "max_frames": max_frames,
     }
-    return write_forged_video(out_root, record, result.frames, masks)
+    published = write_forged_video(out_root, record, result.frames, masks)
+    shutil.rmtree(workdir, ignore_errors=True)  # the video is in the dataset: its checkpoints are dead weight
+    return published
 
 
 def forge_local(
