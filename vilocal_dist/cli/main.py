@@ -16,7 +16,7 @@ from vilocal_dist import __version__
 from vilocal_dist.errors import VilocalError
 
 #: Subcommand modules under vilocal_dist.cli, in --help order.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "data", "inpaint", "forge", "sweep", "experiment", "train", "detect", "evaluate", "bench")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "data", "inpaint", "forge", "sweep", "experiment", "train", "detect", "evaluate", "bench", "tracking")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,13 +114,13 @@ def plan_jobs(
 ) -> list[dict[str, Any]]:
     """One job dict per (video, method): id, video, source, method, split, cfg (plain values)."""
     from vilocal_dist.data.manifest import split_for, video_id
-    from vilocal_dist.inpaint.base import get_method
+    from vilocal_dist.inpaint.base import check_method_config
 
-    for method in methods:
-        get_method(method)  # unknown names fail here, before any trial, with a suggestion
     unknown = sorted(set(method_cfgs or {}) - set(methods))
     if unknown:
         raise ConfigError(f"--set names method(s) {unknown} that are not in --methods {list(methods)}")
+    for method in methods:  # unknown names and bad options fail here, before Ray or any trial
+        check_method_config(method, dict((method_cfgs or {}).get(method, {})))
     return [
         {
             "id": video_id(name, method),

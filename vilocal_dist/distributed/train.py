@@ -19,17 +19,27 @@ dies (a preempted node, an OOM kill); the new group resumes from the latest chec
 controller has registered (it polls reports every 2 s, so with real epoch lengths that is the
 last epoch) and rank 0 tags the MLflow run ``vilocal.resumed_from``. Deterministic errors fail fast in the driver when possible
 (bad data, a size the network cannot take) rather than burning retries.
+
+The tracking server going away: every MLflow write after the run is opened goes through a
+:class:`~vilocal_dist.tracking.spool.RunLog`. While the server is unreachable, training carries on,
+one warning says so, and the records wait in ``<storage>/<run name>/mlflow-spool/<run id>.jsonl``
+(replayed in order once the server answers again). After ``fit`` the driver keeps trying for
+``tracking_retry_s`` (default 60 s, ``$VILOCAL_MLFLOW_RETRY_S``); if the server is still away it
+says what the server lacks and how to deliver it (``vilocal tracking sync``, or a rerun under the
+same name, which replays the spool first) and still returns the outcome: the checkpoints are in
+Ray storage either way. The server must answer when a stage starts (nothing is trained otherwise).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from vilocal_dist.engines import stage1, stage2
 from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, save_checkpoint
@@ -38,10 +48,14 @@ from vilocal_dist.engines.datasets import training_datasets
 from vilocal_dist.engines.loop import EpochEnd, Runtime, fresh_model
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.models import get_config
-from vilocal_dist.tracking import log_json, mlflow_run, storage_path, tracking_uri
-from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, log_metrics, set_tag
+from vilocal_dist.tracking import storage_path, tracking_uri
+from vilocal_dist.tracking.runs import flat_params
+from vilocal_dist.tracking.spool import RunLog, call_with_retry, final_retry_s, is_transient, short_error, spool_dir
+from vilocal_dist.tracking.sync import describe, sync
+from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, open_run
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Checkpoint selection per stage: (metric, mode).
 SELECTION = {1: (stage1.SELECTION_METRIC, stage1.SELECTION_MODE), 2: (stage2.SELECTION_METRIC, stage2.SELECTION_MODE)}
@@ -61,6 +75,7 @@ class StageOutcome:
     best_metrics: dict[str, float]
     resumed: bool
     ray_checkpoint: Any = field(default=None, repr=False)  # the ray.train.Checkpoint itself
+    mlflow_spool: str = ""  # records the tracking server has not got yet ("" when it has everything)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -73,6 +88,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     rank = ray.train.get_context().get_world_rank()
     stage, cfg = config["stage"], TrainConfig.from_dict(config["train_config"])
+    # Only rank 0 writes to MLflow; an unreachable server spools instead of stopping training.
+    runlog = RunLog(config["mlflow_run_id"], config["tracking_uri"], Path(config["mlflow_spool"])) if rank == 0 else None
     train_ds, val_ds, _ = training_datasets(config["data"], cfg, config["methods"])
 
     resume = None
@@ -80,16 +97,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if latest is not None:
         with latest.as_directory() as folder:
             resume = load_checkpoint(folder)
-        if rank == 0:  # the run's record says it was restarted, and from where
-            set_tag(config["mlflow_run_id"], RESUMED_TAG, f"epoch {resume['epoch']} at {time.strftime('%Y-%m-%dT%H:%M:%S')}",
-                    uri=config["tracking_uri"])
+        if runlog is not None:  # the run's record says it was restarted, and from where
+            runlog.set_tags({RESUMED_TAG: f"epoch {resume['epoch']} at {time.strftime('%Y-%m-%dT%H:%M:%S')}"})
 
     def on_epoch_end(end: EpochEnd) -> None:
         metrics = {**end.metrics, "samples_seen": float(end.samples_seen)}
-        if rank != 0:
+        if runlog is None:
             ray.train.report(metrics)  # every worker reports every epoch, or the barrier hangs
             return
-        log_metrics(config["mlflow_run_id"], metrics, step=end.samples_seen, uri=config["tracking_uri"])
+        runlog.log_metrics(metrics, step=end.samples_seen)
         print(f"[stage {stage}] epoch {end.epoch + 1}: "
               + ", ".join(f"{k}={v:.4g}" for k, v in end.metrics.items() if "/" in k), flush=True)
         with tempfile.TemporaryDirectory() as folder:
@@ -167,6 +183,7 @@ def train_stage(
     callbacks: Sequence[Any] = (),
     joint: bool = False,
     max_failures: int = DEFAULT_MAX_FAILURES,
+    tracking_retry_s: float | None = None,
 ) -> StageOutcome:
     """Train one stage on ``workers`` Ray Train workers; resumes if ``run_name`` already exists.
 
@@ -174,8 +191,9 @@ def train_stage(
     ``joint`` (stage 2 only): no encoder; a fresh model learns end to end with the focal loss.
     ``callbacks``: ``ray.train.UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
     ``max_failures``: worker-group restarts (from the latest checkpoint) before the run fails.
+    ``tracking_retry_s``: how long to wait for an unreachable MLflow server when the stage starts
+    and after training (default ``$VILOCAL_MLFLOW_RETRY_S`` or 60 s); see the module docstring.
     """
-    import mlflow
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -202,8 +220,11 @@ def train_stage(
     _, val_ds, summary = training_datasets(data, cfg, methods)  # fails fast, in the driver, on bad data
     use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
     metric, mode = SELECTION[stage]
-    uri = tracking_uri()
-    existing = find_run(experiment, run_name, uri)
+    uri, retry_s = tracking_uri(), final_retry_s(tracking_retry_s)
+    existing = _reach_server(lambda: find_run(experiment, run_name, uri), uri, retry_s)
+    spool = spool_dir(run_name)
+    if existing is not None:
+        _replay_earlier(spool)  # what an earlier attempt could not deliver goes first
     params = {
         **cfg.to_dict(), "stage": stage, "workers": workers, "use_gpu": use_gpu, "data": str(data),
         "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": _manifest_sha256(data),
@@ -214,18 +235,22 @@ def train_stage(
     }
     tags = {RUN_NAME_TAG: run_name, "vilocal.stage": str(stage), "vilocal.group": group or run_name,
             "vilocal.storage": storage_path()}
-    with mlflow_run(experiment, run_name, params=params, tags=tags,
-                    run_id=existing.info.run_id if existing else None, uri=uri) as run:
-        run_id = run.info.run_id
-        if existing:
-            mlflow.set_tag("vilocal.resumed_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        log_json({**params, "data_summary": summary}, "config.json")  # the resolved config, latest attempt
+    run_id = _reach_server(
+        lambda: open_run(experiment, run_name, tags, run_id=existing.info.run_id if existing else None, uri=uri),
+        uri, retry_s)
+    runlog = RunLog(run_id, uri, spool / f"{run_id}.jsonl")
+    if existing:
+        runlog.set_tags({"vilocal.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    else:  # a resumed run keeps its first params (MLflow refuses to change a param's value)
+        runlog.log_params(flat_params(params))
+    _log_json(runlog, {**params, "data_summary": summary}, "config.json")  # the resolved config, latest attempt
+    try:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={
                 "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
                 "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
-                "mlflow_run_id": run_id, "tracking_uri": uri,
+                "mlflow_run_id": run_id, "tracking_uri": uri, "mlflow_spool": str(runlog.path),
             },
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
             run_config=ray.train.RunConfig(
@@ -242,12 +267,72 @@ def train_stage(
         result = trainer.fit()  # raises TrainingFailedError if a worker failed: the run ends FAILED
         best = result.get_best_checkpoint(metric, mode)
         best_ckpt = _read_checkpoint(best)
-        mlflow.log_metrics({f"best/{k}": v for k, v in best_ckpt["metrics"].items()})
-        _log_model(best_ckpt)
-        if stage == 2:
-            _log_examples(best_ckpt, val_ds)
-        mlflow.set_tag("vilocal.best_checkpoint", best.path)
-    return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best)
+        runlog.log_metrics({f"best/{k}": v for k, v in best_ckpt["metrics"].items()}, step=0)
+        with tempfile.TemporaryDirectory() as folder:
+            _stage_model(best_ckpt, Path(folder))
+            if stage == 2:
+                _stage_examples(best_ckpt, val_ds, Path(folder))
+            runlog.log_artifacts(folder)
+        runlog.set_tags({"vilocal.best_checkpoint": best.path})
+    except BaseException as exc:
+        _end_unfinished(runlog, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    runlog.set_status("FINISHED")
+    delivered = runlog.flush(retry_s)  # the server may be back by now: wait for it a little
+    if not delivered:
+        _report_gap(runlog, run_name, best.path, retry_s)
+    return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best,
+                        mlflow_spool="" if delivered else str(runlog.path))
+
+
+def _reach_server(fn: Callable[[], T], uri: str, within_s: float) -> T:
+    """``fn()`` against the tracking server, retried for ``within_s``; a clear error if it never answers."""
+    try:
+        return call_with_retry(fn, within_s)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise ConfigError(
+            f"the MLflow tracking server {uri} did not answer within {within_s:.0f} s ({short_error(exc)}); "
+            "nothing was trained. Start it (or point MLFLOW_TRACKING_URI at one that answers) and rerun"
+        ) from exc
+
+
+def _replay_earlier(spool: Path) -> None:
+    for outcome in sync([spool]):
+        if outcome.pending:
+            log.warning("MLflow: %d records of an earlier attempt still wait in %s (%s); this attempt's "
+                        "follow them", outcome.pending, outcome.spool, outcome.error)
+
+
+def _end_unfinished(runlog: RunLog, status: str) -> None:
+    """Mark the run FAILED/KILLED without waiting, and without hiding the error that ended it."""
+    try:
+        if not runlog.set_status(status):
+            log.warning("MLflow: run %s is %s but the server is away; the status waits in %s",
+                        runlog.run_id, status, runlog.path)
+    except Exception as exc:  # noqa: BLE001 - the training error matters more than this one
+        log.warning("MLflow: could not mark run %s %s: %s", runlog.run_id, status, short_error(exc))
+
+
+def _report_gap(runlog: RunLog, run_name: str, checkpoint: str, waited_s: float) -> None:
+    """One paragraph: training succeeded, what the server lacks, where it is kept, how to deliver it."""
+    message = (
+        f"MLflow: the tracking server {runlog.uri} did not take the last records of run {run_name!r} "
+        f"(MLflow run {runlog.run_id}) within {waited_s:.0f} s ({runlog.last_error or 'unreachable'}). "
+        f"Training itself succeeded and nothing is lost: the best checkpoint is {checkpoint} and the run's "
+        f"checkpoints stay in Ray storage. Missing on the server: {describe(runlog.pending())}. They are kept "
+        f"in {runlog.path}; deliver them with `vilocal tracking sync {runlog.path.parent}` once the server is "
+        "up, or rerun with the same run name (it replays the spool before training)."
+    )
+    runlog.write_note(message)
+    log.warning(message)
+
+
+def _log_json(runlog: RunLog, obj: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        runlog.log_artifacts(folder)
 
 
 def _check_size(cfg: TrainConfig) -> None:
@@ -258,18 +343,14 @@ def _check_size(cfg: TrainConfig) -> None:
                           f"got {cfg.size_h}x{cfg.size_w}")
 
 
-def _log_model(ckpt: dict[str, Any]) -> None:
-    """The selected checkpoint as the run's ``model/model.pt`` (optimizer state dropped)."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = save_checkpoint({**ckpt, "optim_state": None}, folder)
-        mlflow.log_artifact(str(path), artifact_path="model")
+def _stage_model(ckpt: dict[str, Any], folder: Path) -> None:
+    """The selected checkpoint as ``model/model.pt`` under ``folder`` (optimizer state dropped)."""
+    save_checkpoint({**ckpt, "optim_state": None}, folder / "model")
 
 
-def _log_examples(ckpt: dict[str, Any], val_ds: Any) -> None:
-    """A few frame | truth | prediction panels from the validation videos, as PNG artifacts."""
-    import mlflow
+def _stage_examples(ckpt: dict[str, Any], val_ds: Any, folder: Path) -> None:
+    """A few frame | truth | prediction panels from the validation videos, as ``examples/*.png``."""
+    import cv2
     import numpy as np
 
     from vilocal_dist.engines.evaluate import predict_probs
@@ -278,13 +359,16 @@ def _log_examples(ckpt: dict[str, Any], val_ds: Any) -> None:
     model = build_model(ckpt)
     threshold = float(ckpt["train_config"].get("threshold", 0.5))
     picks = np.linspace(0, len(val_ds) - 1, min(NUM_EXAMPLES, len(val_ds))).round().astype(int)
+    (folder / "examples").mkdir(parents=True, exist_ok=True)
     for index in sorted(set(picks.tolist())):
         item = val_ds[index]
         prob = predict_probs(model, item["clip"][None])[0, 0].numpy()
         middle = item["clip"][:, item["clip"].shape[1] // 2]  # [3, H, W] middle frame
         frame = (middle.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         panel = side_by_side(frame, item["mask"][0].numpy() > 0.5, prob, threshold)
-        mlflow.log_image(panel, artifact_file=f"examples/{item['video']}_{item['frame']:05d}.png")
+        path = folder / "examples" / f"{item['video']}_{item['frame']:05d}.png"
+        if not cv2.imwrite(str(path), np.ascontiguousarray(panel[..., ::-1])):  # RGB -> OpenCV's BGR
+            raise OSError(f"could not write {path}")
 
 
 def train(
@@ -299,17 +383,18 @@ def train(
     experiment: str = "vilocal-train",
     use_gpu: bool | None = None,
     max_failures: int = DEFAULT_MAX_FAILURES,
+    tracking_retry_s: float | None = None,
 ) -> list[StageOutcome]:
     """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint) or "joint" (one
     focal-only run of encoder and decoder together, no contrastive stage).
 
     Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``);
-    rerunning resumes them.
+    rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`.
     """
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu, group=run_name,
-                  max_failures=max_failures)
+                  max_failures=max_failures, tracking_retry_s=tracking_retry_s)
     if stage == "joint":
         return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, **common)]
     outcomes = []

@@ -1,4 +1,5 @@
-"""MLflow: where runs go, and runs that always end (FINISHED or FAILED, never left RUNNING)."""
+"""MLflow: where runs go, runs that always end (FINISHED or FAILED, never left RUNNING), and
+logging that survives the tracking server going away (spooled locally, replayed later)."""
 
 from vilocal_dist.tracking.runs import (
     flatten,
@@ -9,6 +10,8 @@ from vilocal_dist.tracking.runs import (
     provenance,
 )
 from vilocal_dist.tracking.setup import ensure_experiment, storage_path, tracking_uri, ui_command
+from vilocal_dist.tracking.spool import RunLog, spool_dir
+from vilocal_dist.tracking.sync import sync
 
 __all__ = [
     "ensure_experiment",
@@ -18,7 +21,10 @@ __all__ = [
     "log_params_flat",
     "mlflow_run",
     "provenance",
+    "RunLog",
+    "spool_dir",
     "storage_path",
+    "sync",
     "tracking_uri",
     "ui_command",
 ]

@@ -61,12 +61,16 @@ def provenance() -> dict[str, str]:
     }
 
 
+def flat_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """A (nested) dict as flat string params, values cut to MLflow's limit."""
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(params).items()}
+
+
 def log_params_flat(params: Mapping[str, Any]) -> None:
-    """Log a (nested) dict as flat params, values cut to MLflow's limit."""
+    """Log a (nested) dict as flat params into the active run, values cut to MLflow's limit."""
     import mlflow
 
-    flat = {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(params).items()}
-    items = list(flat.items())
+    items = list(flat_params(params).items())
     for i in range(0, len(items), 100):  # MLflow batches at most 100 params per call
         mlflow.log_params(dict(items[i : i + 100]))
 

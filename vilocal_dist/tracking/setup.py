@@ -9,6 +9,7 @@ the data would be lost. On a cluster, ``MLFLOW_TRACKING_URI`` names the tracking
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -80,4 +81,4 @@ def ui_command(uri: str | None = None) -> str:
     uri = tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser (tracking server)"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"

@@ -1,14 +1,15 @@
-"""MLflow helpers for training runs: find a run by name tag, log metrics into a run by id.
+"""MLflow helpers for training runs: find a run by name tag, create or reopen it by id.
 
-Ray Train workers are separate processes without the driver's active run, so they log through
-``MlflowClient`` with the run id the driver hands them (no ``start_run``, nothing left open).
+Ray Train workers are separate processes without the driver's active run, and the tracking
+server may go away mid-run, so training logs through ``MlflowClient`` with a run id (no
+``start_run``, nothing left open in any process) via :class:`~vilocal_dist.tracking.spool.RunLog`.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
+from vilocal_dist.tracking.runs import provenance
 from vilocal_dist.tracking.setup import ensure_experiment, tracking_uri
 
 #: The tag that identifies a training run across restarts (its Ray Train run name).
@@ -30,21 +31,22 @@ def find_run(experiment: str, run_name: str, uri: str | None = None) -> Any | No
     return runs[0] if runs else None
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int, uri: str | None = None) -> None:
-    """Log ``metrics`` (finite numbers only) at ``step`` into run ``run_id``, in one batch."""
-    import math
+def open_run(experiment: str, run_name: str, tags: Mapping[str, str], *, run_id: str | None = None,
+             uri: str | None = None) -> str:
+    """Create run ``run_name`` with provenance, MLflow's context tags (user, source) and ``tags``,
+    or, given ``run_id``, reopen that run as RUNNING with the tags refreshed. Returns the run id.
 
+    Params are the caller's (``RunLog.log_params``): a resumed run keeps its first ones.
+    """
     import mlflow
-    from mlflow.entities import Metric
+    from mlflow.entities import RunTag
+    from mlflow.tracking.context.registry import resolve_tags
 
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(v), now, int(step)) for key, v in metrics.items() if math.isfinite(float(v))]
-    if batch:
-        mlflow.MlflowClient(tracking_uri=tracking_uri(uri)).log_batch(run_id, metrics=batch)
-
-
-def set_tag(run_id: str, key: str, value: str, uri: str | None = None) -> None:
-    """Set tag ``key`` on run ``run_id`` from any process (no active run needed)."""
-    import mlflow
-
-    mlflow.MlflowClient(tracking_uri=tracking_uri(uri)).set_tag(run_id, key, value)
+    uri = tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    all_tags = resolve_tags({**provenance(), **tags})
+    if run_id is None:
+        return client.create_run(ensure_experiment(experiment, uri), run_name=run_name, tags=all_tags).info.run_id
+    client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+    return run_id
