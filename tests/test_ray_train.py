@@ -119,9 +119,16 @@ def test_a_failing_worker_ends_the_run_failed(ray_local, mlflow_home, forged, tm
 
 
 def _train_workers() -> list:
+    """This session's Ray Train workers (descendants of this process: never another Ray's)."""
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    def is_worker(p) -> bool:
+        try:
+            return "RayTrainWorker" in " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+
+    return [p for p in psutil.Process().children(recursive=True) if is_worker(p)]
 
 
 @pytest.mark.slow  # two 8-epoch runs on 2 workers, one of them restarted: a minute or two
