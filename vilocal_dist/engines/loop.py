@@ -113,12 +113,17 @@ def reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, flo
     return dict(zip(keys, t.tolist()))
 
 
+def cosine_adamw(groups: list[tuple[Any, Any]]) -> torch.optim.AdamW:
+    """AdamW over ``(parameters, OptimSpec)`` groups, each remembering its own lr range for
+    :func:`cosine_schedule` (the keys travel in the optimizer state, so a resume keeps them)."""
+    return torch.optim.AdamW([
+        {"params": list(params), "lr": spec.lr, "base_lr": spec.lr, "min_lr": spec.min_lr,
+         "weight_decay": spec.weight_decay}
+        for params, spec in groups
+    ])
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
     """Set every param group's lr on its own cosine from ``base_lr`` to ``min_lr`` (group keys)."""
     for group in optimizer.param_groups:
         group["lr"] = cosine_lr(step, total_steps, group["base_lr"], group["min_lr"])
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from vilocal_dist.engines.checkpoint import checkpoint_dict
 from vilocal_dist.engines.config import TrainConfig
 from vilocal_dist.engines.loop import (
-    EpochEnd, Runtime, StageResult, cosine_lr, fresh_model, make_loader, maybe_ddp, reduce_sums, set_epoch, set_lr, world,
+    EpochEnd, Runtime, StageResult, cosine_adamw, cosine_schedule, fresh_model, make_loader, maybe_ddp, reduce_sums,
+    set_epoch, world,
 )
 from vilocal_dist.losses import PixelContrastiveLoss
 from vilocal_dist.models import ViLocal, autocast_context
@@ -38,7 +39,7 @@ def train_stage1(
     spec = cfg.optim(STAGE)
     model = (model if model is not None else fresh_model(cfg)).to(device)
     encoder = maybe_ddp(model.encoder, device)  # only the encoder learns in stage 1
-    optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = cosine_adamw([(model.encoder.parameters(), spec)])
     criterion = PixelContrastiveLoss(temperature=cfg.tau, max_samples=cfg.contrast_samples)
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
     val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
@@ -67,7 +68,7 @@ def train_stage1(
         for i, batch in enumerate(bar):
             # Per-step cosine schedule computed from the global step (nanoGPT style), so a resumed
             # run lands on the same curve without a scheduler state.
-            set_lr(optimizer, cosine_lr(epoch * steps_per_epoch + i, total_steps, spec.lr, spec.min_lr))
+            cosine_schedule(optimizer, epoch * steps_per_epoch + i, total_steps)
             clip, mask = batch["clip"].to(device), batch["mask"].to(device)
             with autocast_context(device):
                 features = encoder(clip)

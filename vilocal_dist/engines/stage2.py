@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vilocal_dist.engines.checkpoint import checkpoint_dict
 from vilocal_dist.engines.config import TrainConfig
 from vilocal_dist.engines.loop import (
-    EpochEnd, Runtime, StageResult, cosine_schedule, make_loader, maybe_ddp, reduce_sums, set_epoch, world,
+    EpochEnd, Runtime, StageResult, cosine_adamw, cosine_schedule, make_loader, maybe_ddp, reduce_sums, set_epoch, world,
 )
 from vilocal_dist.engines.metrics import frame_scores
 from vilocal_dist.losses import focal_loss
@@ -44,15 +44,10 @@ def train_stage2(
     # dropout stay exactly as stage 1 left them.
     model.encoder.requires_grad_(joint)
     net = maybe_ddp(model if joint else model.decoder, device)
-    groups = [{"params": list(model.decoder.parameters()), "lr": spec.lr, "min_lr": spec.min_lr,
-               "weight_decay": spec.weight_decay}]
-    if joint:
-        enc = cfg.optim(1)
-        groups.append({"params": list(model.encoder.parameters()), "lr": enc.lr, "min_lr": enc.min_lr,
-                       "weight_decay": enc.weight_decay})
-    for group in groups:
-        group["base_lr"] = group["lr"]  # cosine_schedule decays each group from its own base
-    optimizer = torch.optim.AdamW(groups)
+    groups = [(model.decoder.parameters(), spec)]
+    if joint:  # the encoder learns at stage 1's rates
+        groups.append((model.encoder.parameters(), cfg.optim(1)))
+    optimizer = cosine_adamw(groups)
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
     val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
     steps_per_epoch = len(train_loader)
