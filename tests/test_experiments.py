@@ -11,7 +11,7 @@ import pytest
 
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.experiments import ablation, compression, generalization, inpaint_quality
-from vilocal_dist.experiments.common import apply_overrides, deep_merge
+from vilocal_dist.config import apply_sets as apply_overrides, deep_merge
 from vilocal_dist.experiments.registry import get_experiment, list_experiments, resolve_config
 
 # ----------------------------------------------------------------------------- configs
