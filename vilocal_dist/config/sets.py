@@ -9,12 +9,23 @@ so an unknown key gets the closest-key suggestion of the recipe it was meant for
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
 from vilocal_dist.errors import ConfigError
+
+#: YAML 1.1 reads ``1e-3`` (no dot) as a string; on the command line it is always meant as a number.
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _value(raw: str) -> Any:
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value) else value
 
 
 def parse_sets(items: Iterable[str], flag: str = "--set") -> dict[str, Any]:
@@ -26,7 +37,7 @@ def parse_sets(items: Iterable[str], flag: str = "--set") -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"{flag} expects key=value, got {item!r}")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key] = _value(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{flag} {item!r}: cannot parse value ({' '.join(str(exc).split())})") from None
     return out

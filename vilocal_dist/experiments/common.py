@@ -105,20 +105,26 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
     return [str(davis_root()) if spec == "davis" else spec for spec in specs]
 
 
-def forge_dataset(
-    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
-) -> Path:
-    """Forge every source with every method (Tune fan-out, one trial per video × method) into a
-    folder keyed by what it contains; complete videos are never redone. Returns the folder."""
+def forge_videos(
+    out: Path, data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], *,
+    hold_out_last: bool = False,
+) -> Any:
+    """Forge every source with every method into ``out`` (Tune fan-out, one trial per video ×
+    method; complete videos are never redone); returns the ForgeSummary. The test split is a
+    hash of each source video's name, or with ``hold_out_last`` its last ``test_fraction`` of
+    videos (a hash split of a handful of videos can leave one split empty)."""
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
 
     cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
-    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
     size = (data.size_h, data.size_w)
     videos = expand_sources(resolve_sources(data.sources), composed=data.composed, frames=data.frames, size=size,
                             seed=data.seed)
     jobs = plan_jobs(videos, list(methods), method_cfgs={m: c for m, c in cfgs.items() if c},
                      test_fraction=data.test_fraction, seed=data.seed)
+    if hold_out_last:
+        test_videos = {name for name, _ in videos[-max(1, round(len(videos) * data.test_fraction)):]}
+        for job in jobs:
+            job["split"] = "test" if job["video"] in test_videos else "train"
     splits = {job["split"] for job in jobs}
     if splits != {"train", "test"}:
         raise ConfigError(f"data: every source video landed in the {splits.pop()} split; add videos or change "
@@ -129,7 +135,17 @@ def forge_dataset(
         max_frames=data.max_frames, cpus_per_trial=data.cpus_per_trial, gpus_per_trial=data.gpus_per_trial,
         max_concurrent=data.max_concurrent, retries=data.retries,
     )
-    summary = forge(jobs, opts)
+    return forge(jobs, opts)
+
+
+def forge_dataset(
+    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
+) -> Path:
+    """:func:`forge_videos` into a folder keyed by what it contains, so protocols share it; a
+    failed video is an error (rerun to retry it). Returns the folder."""
+    cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
+    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
+    summary = forge_videos(out, data, methods, method_cfgs)
     if summary.failed:
         raise InputError(f"forging failed for {', '.join(summary.failed)}; rerun the experiment to retry them", out)
     return out
