@@ -76,3 +76,13 @@ def test_a_new_kind_is_one_registered_class(quadratic_kind, tmp_path):
         load_specs(spec_file, {"search_space.x.low": -1})
     with pytest.raises(ConfigError, match=r"q\.yaml: data\.point: unknown key \(did you mean 'points'\?\)"):
         load_specs(spec_file, {"data.point": 2})
+
+
+def test_auto_lambda_asks_the_method_registry_up_front():
+    from vilocal_dist.distributed.auto_lambda import check_lambda_method
+
+    check_lambda_method("iivi", {"preset": "tiny"})
+    with pytest.raises(ConfigError, match="--auto-lambda: method 'telea' has no lambda_a, lambda_s option"):
+        check_lambda_method("telea")
+    with pytest.raises(ConfigError, match="did you mean 'iivi'"):
+        check_lambda_method("iivj")
