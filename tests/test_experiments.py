@@ -72,7 +72,7 @@ def test_ablation_conditions_are_checked_when_read():
         ("no_hp3d", "both", {"use_hp3d": False}), ("no_contrastive", "joint", {}), ("full", "both", {})]
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.stage must be one of both, joint, got 'nope'"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "stage": "nope"}]})
-    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: unknown training config key 'made_up'"):
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: made_up: unknown training config key"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"made_up": 1}}]})
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: tau must be > 0"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"tau": 0}}]})
