@@ -281,3 +281,19 @@ def test_inpaint_quality_tiny(exp_home):
         assert 0.0 < row["ssim_hole"] < row["ssim"]  # the hole is where the errors are
     children = _check_recorded(result, {"plots/quality.png", "per_video.csv", "per_video.md"}, set(names))
     assert all("fixed/psnr" in c.data.metrics and "object/tc" in c.data.metrics for c in children)
+
+
+def test_demo_presets_are_experiment_specs_checked_once():
+    from vilocal_dist.experiments.demo import resolve_preset
+
+    default = resolve_preset("default")
+    assert (default.setup.methods, default.train_on, default.unseen) == (("telea", "iivi", "flowprop"), ("telea", "iivi"), ("flowprop",))
+    assert (default.setup.train.model, default.setup.train.alpha, default.setup.workers) == ("vilocal_small", 0.75, 2)
+    smoke = resolve_preset("smoke", {"workers": 1, "sweep": "none", "train.stage2_epochs": 2})
+    assert (smoke.setup.data.composed, smoke.unseen, smoke.sweep, smoke.setup.train.stage2_epochs) == (4, ("ns",), "none", 2)
+    with pytest.raises(ConfigError, match="did you mean 'smoke'"):
+        resolve_preset("smok")
+    with pytest.raises(ConfigError, match=r"demo-smoke\.yaml: train: alpah: unknown training config key \(did you mean 'alpha'\?\)"):
+        resolve_preset("smoke", {"train.alpah": 0.5})
+    with pytest.raises(ConfigError, match="train_on: 'iivi' is not among the forged methods"):
+        resolve_preset("smoke", {"train_on": ["iivi"]})
