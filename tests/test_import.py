@@ -258,3 +258,26 @@ def test_cli_import_then_train_two_methods_and_evaluate_the_third(forged, tmp_pa
     assert set(scores["by_method"]) == set(METHODS) and scores["frames"] == 12
     table = format_table(method_rows("telea+ns", list(METHODS), ["telea", "ns"], compact_scores(scores)), list(METHODS))
     assert "| telea+ns |" in table and table.count(" *") == 2  # telea and ns seen, flowprop unseen
+
+
+def test_experiments_take_an_imported_dataset_with_published_method_names(forged, tmp_path):
+    """data.dataset: the protocols use an existing dataset as is, whatever its methods are called."""
+    from vilocal_dist.errors import ConfigError
+    from vilocal_dist.experiments.common import forge_dataset
+    from vilocal_dist.experiments.registry import resolve_config
+
+    path = write_list(forged, tmp_path, "json")
+    names = {"telea": "vi", "ns": "op", "flowprop": "cp"}  # the ViLocal authors' names for their inpainters
+    rows = [{**row, "method": names[row["method"]]} for row in json.loads(path.read_text())]
+    path.write_text(json.dumps(rows))
+    import_dataset(path, tmp_path / "out")
+    overrides = {"data.dataset": str(tmp_path / "out"), "methods": ["vi", "op", "cp"], "train_on": [["vi", "op"]]}
+    spec, _ = resolve_config("generalization", tiny=True, overrides=overrides)
+    assert spec.train_on == (("vi", "op"),)
+    assert forge_dataset(spec.setup.data, spec.setup.methods, {}, tmp_path / "work") == (tmp_path / "out").resolve()
+    assert not (tmp_path / "work").exists()  # nothing forged
+    spec, _ = resolve_config("generalization", tiny=True, overrides={**overrides, "methods": ["vi", "op", "sttn"]})
+    with pytest.raises(ConfigError, match=r"no videos of sttn \(train\), sttn \(test\)"):
+        forge_dataset(spec.setup.data, spec.setup.methods, {}, tmp_path / "work")
+    with pytest.raises(ConfigError):  # without data.dataset, methods must be ones this package can run
+        resolve_config("generalization", tiny=True, overrides={"methods": ["vi", "op", "cp"]})
