@@ -121,6 +121,9 @@ def discover_tree(root: Path, masks_root: Path | None = None) -> tuple[list[Entr
     """Entries of ``ROOT/<method>/…`` (module docstring); a method folder without videos is a problem."""
     if masks_root is not None and not masks_root.is_dir():
         raise InputError("--masks must be a folder of per-sequence mask folders", masks_root)
+    if (root / "JPEGImages").is_dir():
+        raise InputError("this is one DAVIS root, not a folder of methods: move it to ROOT/<method>/ (one per "
+                         "inpainting method) or list its videos in a CSV", root)
     entries, problems = [], []
     method_dirs = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in MASK_DIRS]
     if not method_dirs:
