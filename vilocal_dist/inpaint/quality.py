@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vilocal_dist.config import apply_sets, check_keys, parse_sets, size_arg
+from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.base import get_method
 from vilocal_dist.inpaint.metrics import fixed_masks, quality_metrics
 
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     height, width = args.size
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = check_keys(apply_sets({}, parse_sets(args.sets)), methods, "", "--set METHOD.KEY")
+    try:
+        cfg = check_keys(apply_sets({}, parse_sets(args.sets)), methods, "", "--set METHOD.KEY=VALUE")
+    except ConfigError as exc:
+        p.error(str(exc))
     sections = []
     if args.composed:
         sections.append(("composed", composed_videos(args.composed, args.frames, (height, width))))
