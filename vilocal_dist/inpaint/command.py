@@ -23,6 +23,7 @@ quoting the tail of the program's stderr; nothing is returned, so nothing is sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -120,7 +121,8 @@ def _run(argv: list[str], config: CommandConfig, scratch: Path) -> None:
         try:
             code = proc.wait(timeout=config.timeout_s or None)
         except BaseException as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise MethodError(f"command: {argv[0]!r} ran past timeout_s={config.timeout_s:g}; "
@@ -134,7 +136,7 @@ def _read_output(out_dir: Path, frames: np.ndarray, stderr: Path) -> np.ndarray:
     """The program's frames, checked against the input: count, size, 8-bit RGB."""
     files = sorted(out_dir.glob("*.png"))
     others = sorted(p.name for p in out_dir.iterdir() if p.suffix != ".png")
-    where = f"the program's output in {{out_dir}}"
+    where = "the program's output in {out_dir}"
     if len(files) != len(frames):
         extra = f" (and other files: {others[:3]})" if others else ""
         raise MethodError(f"command: {where} has {len(files)} PNG frames{extra}, expected {len(frames)}; "
