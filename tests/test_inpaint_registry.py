@@ -87,5 +87,4 @@ def test_method_modules_do_not_import_the_registry() -> None:
     modules = sorted({m.fill.__module__ for m in BUILTIN.values()})
     code = f"import sys; {'; '.join(f'import {m}' for m in modules)}; print('vilocal_dist.inpaint.registry' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.strip() == "False"
-    assert len(modules) == 4  # classical, command, iivi.fit, intervi.train
+    assert out.stdout.strip() == "False" and "vilocal_dist.inpaint.iivi.fit" in modules
