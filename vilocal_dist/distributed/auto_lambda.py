@@ -40,7 +40,8 @@ from vilocal_dist.distributed.tuning import (
 )
 from vilocal_dist.config import apply_sets, parse_sets, size_arg
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import InpaintResult, check_inputs, check_method_config, get_method
+from vilocal_dist.inpaint.base import InpaintResult, check_inputs
+from vilocal_dist.inpaint.registry import check_method_config, get_method
 from vilocal_dist.tracking.runs import log_json
 
 METRIC = "selfval/psnr"

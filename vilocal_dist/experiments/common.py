@@ -329,7 +329,7 @@ def method_list(value: Any, where: str, source: str | Path | None, *, known: Seq
                 registered: bool = True) -> tuple[str, ...]:
     """A non-empty list of distinct inpainting methods: registered ones unless ``registered`` is
     False (an existing dataset's, e.g. an imported one's), and within ``known`` if given."""
-    from vilocal_dist.inpaint.base import get_method
+    from vilocal_dist.inpaint.registry import get_method
 
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -345,7 +345,7 @@ def method_list(value: Any, where: str, source: str | Path | None, *, known: Seq
 
 def check_method_cfg(method: str, cfg: Any, where: str, source: str | Path | None) -> dict[str, Any]:
     """``cfg`` (a mapping of ``method``'s options) checked by the method itself, before any forging."""
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
 
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where} must be a mapping of {method}'s options, got {cfg!r}", source)

@@ -26,7 +26,7 @@ import numpy as np
 
 from vilocal_dist.config import apply_sets, check_keys, parse_sets, size_arg
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.metrics import fixed_masks, quality_metrics
 
 Video = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # (name, frames, masks, gt_frames)

@@ -46,7 +46,7 @@ class InpaintRegularizers(SweepKind):
     group = "video"
 
     def validator(self, base: Mapping[str, Any], source: Path) -> Validator:
-        from vilocal_dist.inpaint.base import check_method_config
+        from vilocal_dist.inpaint.registry import check_method_config
 
         method = base.get("method", "iivi")
         cfg = {k: v for k, v in base.items() if k != "method"}
