@@ -93,10 +93,19 @@ def inpaint_trial(
     """
     from vilocal_dist.inpaint.selfval import holdout_psnr
 
+    from vilocal_dist.inpaint.stopping import watch
+
+    def report_progress(point: dict[str, float]) -> None:
+        # Only points where the weights act (IIVI's phase 2; methods without phases: all), so an
+        # ASHA scheduler compares trials when they differ, not on their shared phase 1.
+        if point.get("phase", 2.0) == 2.0:
+            tune.report(numeric_metrics(point))
+
     limit_threads(threads)
     cfg = {**base_cfg, **config["params"]}
     workdir = Path(tune.get_context().get_trial_dir()) / "work"
-    result = get_method(method)(frames, masks, cfg, seed=seed, progress=False, workdir=workdir)
+    with watch(on_eval=report_progress, gt_frames=gt_frames):
+        result = get_method(method)(frames, masks, cfg, seed=seed, progress=False, workdir=workdir)
     shutil.rmtree(workdir, ignore_errors=True)  # fit done: its resume state is no longer needed
     metrics = numeric_metrics(result.metrics)
     if gt_frames is not None:
@@ -136,6 +145,7 @@ def video_sweep(
     callbacks: Sequence[Any] = (),
     constants: Mapping[str, Any] | None = None,
     verbose: int = 1,
+    scheduler: Any = None,
 ) -> Any:
     """One Tuner over ``params`` for one video; resumes the experiment ``name`` when it exists.
 
@@ -143,6 +153,8 @@ def video_sweep(
     dict of distributions (then ``search_alg``, e.g. a seeded OptunaSearch, picks the samples).
     ``constants`` are added to every trial's config as is (e.g. the video's name, for logging).
     The video goes to the trials once through the object store (``tune.with_parameters``).
+    Trials report their self-validation curve as they fit, so a ``scheduler`` (ASHA) can stop
+    hopeless ones early.
     """
     check_inputs(frames, masks)
     path = experiment_path(name, storage)
@@ -160,7 +172,8 @@ def video_sweep(
         trainable,
         param_space={"params": params, **(constants or {})},
         tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg, max_concurrent_trials=concurrency
+            metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg, max_concurrent_trials=concurrency,
+            scheduler=scheduler,
         ),
         run_config=tune.RunConfig(
             name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0], callbacks=list(callbacks), verbose=verbose
@@ -260,7 +273,8 @@ def _pick(results: Any) -> tuple[InpaintResult, list[dict[str, Any]]]:
     from vilocal_dist.tracking.sweep_report import best_row
 
     rows = result_rows(results, extra=lambda c: dict(c["params"]))
-    best = best_row([r for r in rows if r["status"] != "ERROR"], METRIC, "max")
+    finished = {(r.metrics or {}).get("trial_id") for r in results if r.checkpoint}  # not stopped early
+    best = best_row([r for r in rows if r["status"] != "ERROR" and r["trial_id"] in finished], METRIC, "max")
     if best is None:
         errors = [str(r.error)[:200] for r in results if r.error]
         raise RuntimeError(f"auto-λ: no trial reported a finite {METRIC} (errors: {errors})")

@@ -6,8 +6,10 @@ summary): empty GT and empty prediction score F1 = IoU = 1 (nothing to find, not
 empty GT and a non-empty prediction score 0 (VIDNet's convention; the ViLocal authors' code
 scores every empty-GT frame 0). The count of empty-GT frames is reported beside the scores.
 
-Summaries: ``pooled`` = mean over all frames of all videos (the paper's number); ``per_video`` =
-mean of the per-video means (each video weighs the same); both also per inpainting method. The
+Summaries: ``pooled`` = the mean of the per-frame scores over all frames of all videos (the paper's
+number; the key keeps its old name); ``pixel_pooled`` = one F1/IoU from TP, FP, FN summed over all
+frames (large holes weigh more; both conventions are used in the field); ``per_video`` = mean of
+the per-video means (each video weighs the same); all also per inpainting method. The
 trivial predictors (all-zeros, all-ones) are scored from the same ground truth, as a floor.
 """
 
@@ -86,17 +88,17 @@ class MaskEvaluator:
         out = {
             "threshold": self.threshold,
             "convention": EMPTY_GT_CONVENTION,
-            **_summary(np.asarray(video), f1, iou, gt),
+            **_summary(np.asarray(video), f1, iou, gt, (tp, fp, fn)),
             "baselines": {
-                "all_zeros": _summary(np.asarray(video), zeros_f1, zeros_iou, gt, brief=True),
-                "all_ones": _summary(np.asarray(video), ones_f1, ones_iou, gt, brief=True),
+                "all_zeros": _summary(np.asarray(video), zeros_f1, zeros_iou, gt, (0 * gt, 0 * gt, gt), brief=True),
+                "all_ones": _summary(np.asarray(video), ones_f1, ones_iou, gt, (gt, n - gt, 0 * gt), brief=True),
             },
         }
         methods_arr = np.asarray(method)
         if any(methods_arr != ""):
             out["by_method"] = {
                 m: _summary(np.asarray(video)[methods_arr == m], f1[methods_arr == m], iou[methods_arr == m],
-                            gt[methods_arr == m])
+                            gt[methods_arr == m], (tp[methods_arr == m], fp[methods_arr == m], fn[methods_arr == m]))
                 for m in sorted(set(method))
             }
         per_video: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -113,13 +115,19 @@ class MaskEvaluator:
         return out
 
 
-def _summary(video: np.ndarray, f1: np.ndarray, iou: np.ndarray, gt: np.ndarray, brief: bool = False) -> dict:
-    """Pooled (mean over frames) and per-video (mean of video means) F1/IoU."""
+def _summary(
+    video: np.ndarray, f1: np.ndarray, iou: np.ndarray, gt: np.ndarray,
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray], brief: bool = False,
+) -> dict:  # fmt: skip
+    """Mean over frames (``pooled``), from summed pixel counts ``(tp, fp, fn)`` (``pixel_pooled``)
+    and per video (mean of video means) F1/IoU."""
+    pix_f1, pix_iou = frame_scores(*(np.asarray([c.sum()]) for c in counts))
     names = sorted(set(video.tolist()))
     vf1 = [f1[video == v].mean() for v in names]
     viou = [iou[video == v].mean() for v in names]
     summary: dict[str, Any] = {
         "pooled": {"f1": float(f1.mean()), "iou": float(iou.mean())},
+        "pixel_pooled": {"f1": float(pix_f1[0]), "iou": float(pix_iou[0])},
         "per_video": {"f1": float(np.mean(vf1)), "iou": float(np.mean(viou))},
     }
     if not brief:

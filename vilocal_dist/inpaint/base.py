@@ -37,6 +37,7 @@ class InpaintResult:
     frames: np.ndarray  # uint8 T×H×W×3, equal to the input outside the mask
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. selfval/psnr, train/loss
     config: dict[str, Any] = field(default_factory=dict)  # resolved config, for provenance
+    history: list[dict[str, float]] = field(default_factory=list)  # learning curve: one dict per evaluation
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Fill:
     frames: np.ndarray  # uint8 T×H×W×3 prediction; only its hole pixels reach the result
     metrics: dict[str, float] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # provenance beyond the config (device used, …)
+    history: list[dict[str, float]] = field(default_factory=list)  # e.g. iteration, seconds, selfval/psnr
 
 
 @dataclass(frozen=True)
@@ -183,4 +185,4 @@ class Method:
             got = f"{pred.dtype} {pred.shape}" if isinstance(pred, np.ndarray) else type(out).__name__
             raise MethodError(f"method {self.name!r} returned {got}, expected a Fill of uint8 {frames.shape} frames")
         record = {"method": self.name, **asdict(config), **out.record, "seed": seed}
-        return InpaintResult(frames=composite(pred, frames, masks), metrics=dict(out.metrics), config=record)
+        return InpaintResult(composite(pred, frames, masks), dict(out.metrics), record, list(out.history))

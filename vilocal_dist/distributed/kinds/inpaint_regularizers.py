@@ -1,5 +1,7 @@
 """``inpaint-regularizers``: per video, one Tuner over an inpainting method's weights (e.g. IIVI's
 λ_a, λ_s), scored by ``selfval/psnr``; composed videos also log the true hole PSNR beside it.
+Trials report the self-validation curve as they fit, so ``scheduler: asha`` stops weak λs early
+(``training_iteration`` counts evaluations of the regularised phase).
 
 Which options a method has is asked of the inpainting method registry (its config check), so
 any registered method with searchable options works without a change here.
@@ -14,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vilocal_dist.config import check_number, from_mapping, parse_size
-from vilocal_dist.distributed.kinds.base import SweepKind, Validator, register_kind, section, tune_space
+from vilocal_dist.distributed.kinds.base import SweepKind, Validator, register_kind, scheduler_for, section, tune_space
 from vilocal_dist.errors import ConfigError
 
 
@@ -67,10 +69,6 @@ class InpaintRegularizers(SweepKind):
             parse_size(d.size, where="data.size", source=source)
         return d
 
-    def check_scheduler(self, scheduler: Any, source: Path) -> None:
-        if scheduler.type != "none":
-            raise ConfigError("scheduler: inpainting trials report once, at the end of the fit: use scheduler: none", source)
-
     def exists(self, spec: Any, path: str) -> bool:
         from vilocal_dist.distributed.tuning import can_resume
 
@@ -97,7 +95,7 @@ class InpaintRegularizers(SweepKind):
                 gt_frames=gt, num_samples=spec.num_samples, search_alg=OptunaSearch(seed=spec.seed),
                 metric=spec.metric, mode=spec.mode, seed=spec.seed, cpus_per_trial=r.cpus_per_trial,
                 gpus_per_trial=r.gpus_per_trial, max_concurrent=r.max_concurrent, callbacks=callbacks,
-                constants={"video": video},
+                constants={"video": video}, scheduler=scheduler_for(spec),
             )  # fmt: skip
             out.append((video, results))
             if not is_complete(results, spec.num_samples):

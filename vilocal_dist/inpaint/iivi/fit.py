@@ -25,6 +25,7 @@ from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
 from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
+from vilocal_dist.inpaint.stopping import Plateau, record_point, scaled_dilation
 
 CKPT_NAME = "iivi_state.pt"
 # Options that change neither the data nor the optimisation path: a resume may alter them.
@@ -58,59 +59,95 @@ def _fingerprint(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, seed: i
     return h.hexdigest()
 
 
-def _save(path: Path, trainer: IIVITrainer, cfg: IIVIConfig, fingerprint: str) -> None:
+def _save(path: Path, trainer: IIVITrainer, cfg: IIVIConfig, fingerprint: str, stopping: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({**trainer.state_dict(), "config": asdict(cfg), "fingerprint": fingerprint}, tmp)
+    torch.save({**trainer.state_dict(), "config": asdict(cfg), "fingerprint": fingerprint, "stopping": stopping}, tmp)
     os.replace(tmp, path)
 
 
-def _resume(path: Path, trainer: IIVITrainer, fingerprint: str) -> None:
+def _resume(path: Path, trainer: IIVITrainer, fingerprint: str) -> dict[str, Any] | None:
+    """Load the checkpoint into ``trainer``; returns the stopping rule's saved state (None: fresh)."""
     if not path.is_file():
-        return
+        return None
     state = torch.load(path, map_location=trainer.device, weights_only=True)
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(
             "checkpoint belongs to another video, config or seed; use a fresh workdir or delete it", path
         )
     trainer.load_state_dict(state)
+    return state.get("stopping")
 
 
 def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, progress: bool,
          workdir: Path | None) -> Fill:  # fmt: skip
-    """Train one IIVI network on ``frames`` and predict every frame (uncomposited, native size)."""
+    """Train one IIVI network on ``frames`` and predict every frame (uncomposited, native size).
+
+    Each phase (reconstruction, then regularised) runs until the stopping rule sees a plateau of
+    ``selfval/psnr`` or reaches its maximum (``iters_recon``, ``iters_reg``).
+    """
     device = resolve_device(cfg.device)
     small, small_masks = to_working_size(frames, masks, cfg)
-    holes = dilate_masks(small_masks, cfg.dilate)
+    holes = dilate_masks(small_masks, scaled_dilation(cfg.dilate, small.shape[1], cfg.dilate_ref_rows))
     holdout = holdout_masks(holes, cfg.holdout, seed)
     trainer = IIVITrainer(VideoTensors.from_numpy(small, holes, holdout, device), cfg, seed=seed, device=device)
+    # Held-out pixels lie outside masks: the composited result gets their true values back.
+    native_holdout = _to_native_mask(holdout, frames.shape[1:3]) & ~masks
 
-    ckpt, fingerprint = None, _fingerprint(frames, masks, cfg, seed)
+    ckpt, fingerprint, saved = None, _fingerprint(frames, masks, cfg, seed), None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         ckpt = workdir / CKPT_NAME
-        _resume(ckpt, trainer, fingerprint)
+        saved = _resume(ckpt, trainer, fingerprint)
+    phase = 1 if cfg.iters_recon > 0 else 2
+    plateau = Plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg))
+    history: list[dict[str, float]] = []
+    if saved:
+        phase, history = saved["phase"], list(saved["history"])
+        plateau = Plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg))
+        plateau.load_state_dict(saved["plateau"])
+
+    def stopping_state() -> dict[str, Any]:
+        return {"phase": phase, "plateau": plateau.state_dict(), "history": history}
+
     start_iter, start = trainer.iteration, time.perf_counter()
     with tqdm(total=cfg.total_iters, initial=start_iter, desc="iivi", disable=not progress, unit="it") as bar:
-        while trainer.iteration < cfg.total_iters:
-            trainer.step()
-            bar.update(1)
-            if trainer.iteration % 25 == 0:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in trainer.logs.items()})
-            if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or trainer.iteration == cfg.total_iters):
-                _save(ckpt, trainer, cfg, fingerprint)
+        while phase <= 2:
+            phase_start = 0 if phase == 1 else trainer.recon_end
+            if trainer.iteration - phase_start >= plateau.rule.max_iters:
+                phase_end = True
+            else:
+                trainer.step()
+                bar.update(1)
+                if trainer.iteration % 25 == 0:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in trainer.logs.items()})
+                local, phase_end = trainer.iteration - phase_start, False
+                if plateau.due(local):
+                    pred = _to_native(trainer.predict(hide_holdout=True), frames.shape[1:3])
+                    point = {"iteration": float(trainer.iteration), "seconds": time.perf_counter() - start,
+                             "phase": float(phase), "selfval/psnr": holdout_psnr(pred, frames, native_holdout)}  # fmt: skip
+                    point = record_point(history, point, lambda: _to_native(trainer.predict(hide_holdout=False), frames.shape[1:3]), masks)
+                    phase_end = plateau.update(local, point["selfval/psnr"])
+            if phase_end:
+                if phase == 1:
+                    trainer.recon_end = trainer.iteration
+                    bar.total = trainer.iteration + cfg.iters_reg
+                phase += 1
+                plateau = Plateau(cfg.stop_rule(cfg.iters_reg))
+            if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or phase > 2):
+                _save(ckpt, trainer, cfg, fingerprint, stopping_state())
     seconds = time.perf_counter() - start
 
-    pred = _to_native(trainer.predict(), frames.shape[1:3])
+    pred = _to_native(trainer.predict(hide_holdout=False), frames.shape[1:3])
     metrics = {f"train/{k}": v for k, v in trainer.logs.items()}
-    metrics |= {"train/iters": float(trainer.iteration), "train/seconds": seconds}
+    metrics |= {"train/iters": float(trainer.iteration), "train/iters_recon": float(trainer.recon_end),
+                "train/seconds": seconds}  # fmt: skip
     if trainer.iteration > start_iter:
         metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(seconds, 1e-9)
     if cfg.holdout > 0:
-        # Held-out pixels lie outside masks: the composited result gets their true values back.
-        native_holdout = _to_native_mask(holdout, frames.shape[1:3]) & ~masks
-        metrics["selfval/psnr"] = holdout_psnr(pred, frames, native_holdout)
+        hidden = _to_native(trainer.predict(hide_holdout=True), frames.shape[1:3])
+        metrics["selfval/psnr"] = holdout_psnr(hidden, frames, native_holdout)
     vgg = trainer.vgg.describe() if trainer.vgg is not None else "unused"
-    return Fill(pred, metrics=metrics, record={"vgg": vgg})
+    return Fill(pred, metrics=metrics, record={"vgg": vgg}, history=history)
 
 
 IIVI = Method("iivi", IIVIConfig, _fit, "IIVI (Ouyang et al. 2021): one generator trained per video")

@@ -21,6 +21,7 @@ from vilocal_dist.inpaint.iivi.augment import (
 )
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
 from vilocal_dist.inpaint.iivi.generator import IIVIGenerator
+from vilocal_dist.inpaint.stopping import lr_factor
 from vilocal_dist.inpaint.iivi.losses import ambiguity_loss, reconstruction_loss, stabilization_loss
 from vilocal_dist.inpaint.vgg import VGGFeatures, load_vgg_features
 
@@ -77,6 +78,7 @@ class IIVITrainer:
         self.rng = np.random.default_rng(seed)
         self.augmenter = MaskAugmenter(video.holes[:, 0].cpu().numpy(), boundary_aware=cfg.boundary_aware)
         self.iteration = 0
+        self.recon_end = cfg.iters_recon  # moved earlier when the stopping rule ends phase 1
         self.logs: dict[str, float] = {}
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -94,7 +96,7 @@ class IIVITrainer:
         """
         cfg, v = self.cfg, self.video
         t_count = v.frames.shape[0]
-        regularise = self.iteration >= cfg.iters_recon
+        regularise = self.iteration >= self.recon_end
         idx = self.rng.choice(t_count, size=cfg.batch, replace=t_count < cfg.batch)
         augmented = MaskAugmenter.apply(v.holes, self.augmenter.sample(self.rng, idx))
         idx_t = torch.from_numpy(idx).to(self.device)
@@ -122,6 +124,10 @@ class IIVITrainer:
                 f_x = out["refine"].detach()
                 second = stabilization_loss(f_x, self.model(gx, g_hole)["refine"], x, gx, keep)
             (cfg.lambda_s * second).backward()
+        if cfg.lr_schedule != "constant":
+            warmup = max(1, min(500, cfg.total_iters // 20))
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.iteration, cfg.total_iters, warmup)
         self.opt.step()
         self.iteration += 1
         values = {k: float(t.detach()) for k, t in terms.items()} | {"loss": float(loss.detach())}
@@ -147,12 +153,14 @@ class IIVITrainer:
         return gx, g_hole, keep
 
     @torch.no_grad()
-    def predict(self, chunk: int = 8) -> np.ndarray:
-        """Refined frames ``T×h×w×3`` float in [0, 1] with holes and held-out pixels as input holes."""
+    def predict(self, *, hide_holdout: bool, chunk: int = 8) -> np.ndarray:
+        """Refined frames ``T×h×w×3`` float in [0, 1]. ``hide_holdout``: the held-out pixels are input
+        holes too (to score self-validation); the final fill sees every known pixel instead."""
         v, outs = self.video, []
         for i in range(0, v.frames.shape[0], chunk):
+            hole = v.holes[i : i + chunk] | v.holdout[i : i + chunk] if hide_holdout else v.holes[i : i + chunk]
             with self._autocast():
-                out = self.model(v.frames[i : i + chunk], v.holes[i : i + chunk] | v.holdout[i : i + chunk])
+                out = self.model(v.frames[i : i + chunk], hole)
             outs.append(out["refine"].float())
         return rearrange(torch.cat(outs), "t c h w -> t h w c").clamp(0, 1).cpu().numpy()
 
@@ -161,6 +169,7 @@ class IIVITrainer:
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "iteration": self.iteration,
+            "recon_end": self.recon_end,
             "rng": self.rng.bit_generator.state,
             "logs": dict(self.logs),
         }
@@ -169,6 +178,7 @@ class IIVITrainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
+        self.recon_end = int(state.get("recon_end", self.cfg.iters_recon))
         self.rng.bit_generator.state = state["rng"]
         self.logs = dict(state["logs"])
 

@@ -14,11 +14,13 @@ from typing import Any, ClassVar, Mapping
 
 from vilocal_dist.inpaint.base import MethodConfig, build_config
 from vilocal_dist.inpaint.flow import DIS_PRESETS
+from vilocal_dist.inpaint.stopping import LR_SCHEDULES, StopRule
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "tiny": dict(
-        scales=3, width_min=8, width_max=16, updates_per_batch=5, iterations=40, checkpoint_every=20, dis_preset="fast"
+        scales=3, width_min=8, width_max=16, updates_per_batch=5, iterations=40, checkpoint_every=20, dis_preset="fast",
+        stop_every=20, min_iters=20
     ),
 }
 
@@ -43,8 +45,18 @@ class InterVIConfig(MethodConfig):
     # curriculum and optimiser
     batch_frames: int = 5  # frames per batch, consecutive at stride t
     updates_per_batch: int = 100
-    iterations: int = 100_000  # total parameter updates
+    iterations: int = 100_000  # maximum parameter updates (the stopping rule may end sooner)
     lr: float = 1e-2
+    lr_schedule: str = "constant"  # 'constant' (paper) or 'cosine' (warm-up, decay over `iterations`)
+    # Self-validation and the stopping rule (inpaint/stopping.py): `holdout` of the known pixels are
+    # hidden from the losses and the flows; every stop_every updates their PSNR is scored, and the
+    # fit stops when it has not improved by > stop_min_delta dB over stop_patience evaluations,
+    # after at least min_iters. holdout = 0 (paper-exact) or stop_every = 0: fixed `iterations`.
+    holdout: float = 0.05
+    stop_every: int = 1000
+    stop_patience: int = 6
+    stop_min_delta: float = 0.05
+    min_iters: int = 5000
     # loss weights (all terms are MSE)
     w_image: float = 1.0
     w_flow: float = 0.1
@@ -65,6 +77,12 @@ class InterVIConfig(MethodConfig):
     def signed_offsets(self) -> tuple[int, ...]:
         """Predicted flow targets relative to i, in flow-head channel order (+t, -t per t)."""
         return tuple(o for t in self.strides for o in (t, -t))
+
+    @property
+    def stop_rule(self) -> StopRule:
+        """The stopping rule over at most ``iterations`` updates (off without a holdout)."""
+        every = self.stop_every if self.holdout > 0 else 0
+        return StopRule(every, self.stop_patience, self.stop_min_delta, self.min_iters, self.iterations)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -88,6 +106,12 @@ class InterVIConfig(MethodConfig):
                 problems.append(f"{name} must be >= 1")
         if self.iterations < 0 or self.lr <= 0:
             problems.append("iterations must be >= 0 and lr > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}")
+        if min(self.stop_every, self.stop_patience, self.min_iters) < 0 or self.stop_min_delta < 0:
+            problems.append("stop_every, stop_patience, stop_min_delta and min_iters must be >= 0")
+        if not 0 <= self.holdout < 0.5:
+            problems.append("holdout must be in [0, 0.5)")
         if self.dis_preset not in DIS_PRESETS:
             problems.append(f"dis_preset must be one of {sorted(DIS_PRESETS)}")
         return problems

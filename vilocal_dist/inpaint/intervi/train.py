@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from vilocal_dist.inpaint.flow import FlowCache
 from vilocal_dist.inpaint.intervi.config import InterVIConfig
 from vilocal_dist.inpaint.intervi.losses import PERCEPTUAL_LAYERS, BatchTargets, flow_scale, intervi_losses
 from vilocal_dist.inpaint.intervi.net import SkipNet, padded_size
+from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
+from vilocal_dist.inpaint.stopping import Plateau, lr_factor, record_point
 from vilocal_dist.inpaint.vgg import default_weights, load_vgg_features
 
 log = logging.getLogger(__name__)
@@ -158,8 +161,11 @@ def fit_intervi(
     gen = torch.Generator().manual_seed(seed)
     noise = (torch.rand(n, 1, hp, wp, generator=gen) * config.noise_scale).to(device)
     frames_t = torch.from_numpy(rearrange(frames, "t h w c -> t c h w").copy()).to(device).float() / 255.0
-    known_t = torch.from_numpy(~masks).unsqueeze(1).to(device).float()
-    flows = FlowCache(frames, masks, preset=config.dis_preset, alpha=config.fb_alpha, beta=config.fb_beta)
+    holdout = holdout_masks(masks, config.holdout, seed)  # unseen by losses and flows alike
+    unseen = masks | holdout
+    known_t = torch.from_numpy(~unseen).unsqueeze(1).to(device).float()
+    flows = FlowCache(frames, unseen, preset=config.dis_preset, alpha=config.fb_alpha, beta=config.fb_beta)
+    plateau, history = Plateau(config.stop_rule), []
     batches = curriculum(n, config)
 
     step, fingerprint, ckpt = 0, _fingerprint(frames, masks, config, seed), None
@@ -174,6 +180,8 @@ def fit_intervi(
                 net.load_state_dict(state["model"])
                 optim.load_state_dict(state["optim"])
                 step, last = int(state["step"]), dict(state["last"])
+                history = list(state.get("history", []))
+                plateau.load_state_dict(state.get("plateau", plateau.state_dict()))
                 log.info("intervi: resuming from %s at update %d/%d", ckpt, step, config.iterations)
             else:
                 log.warning("intervi: %s is for another video, config or a longer run; starting afresh", ckpt)
@@ -181,12 +189,14 @@ def fit_intervi(
     def save() -> None:
         if ckpt is not None:
             state = {"fingerprint": fingerprint, "step": step, "model": net.state_dict(), "optim": optim.state_dict()}
+            state |= {"history": history, "plateau": plateau.state_dict()}
             _save_atomic({**state, "last": last, "config": asdict(config)}, ckpt)
 
     net.train()
-    targets, current = None, None
+    targets, current, start = None, None, time.perf_counter()
+    warmup = max(1, min(500, config.iterations // 20))
     bar = tqdm(total=config.iterations, initial=step, desc="intervi", disable=not progress, unit="upd")
-    while step < config.iterations:
+    while step < config.iterations and not plateau.stopped_at:  # a resumed run that stopped stays stopped
         offset, idx = batch_at(step, batches, config.updates_per_batch, seed)
         if current != (offset, idx):
             targets, current = _targets(flows, frames_t, known_t, offset, idx), (offset, idx)
@@ -199,22 +209,36 @@ def fit_intervi(
         )  # fmt: skip
         optim.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        if config.lr_schedule != "constant":
+            for group in optim.param_groups:
+                group["lr"] = config.lr * lr_factor(config.lr_schedule, step, config.iterations, warmup)
         optim.step()
         step += 1
         bar.update(1)
         if step % config.updates_per_batch == 0 or step == config.iterations:
             last = {f"train/{name}": float(v.detach()) for name, v in terms.items()}
             bar.set_postfix(loss=f"{last['train/loss']:.4g}")
-        if step % config.checkpoint_every == 0 or step == config.iterations:
+        stop = False
+        if plateau.due(step):
+            pred = _generate(net, noise, h, w, config.batch_frames, amp)
+            point = {"iteration": float(step), "seconds": time.perf_counter() - start,
+                     "selfval/psnr": holdout_psnr(pred, frames, holdout)}  # fmt: skip
+            stop = plateau.update(step, record_point(history, point, lambda: pred, masks)["selfval/psnr"])
+        if step % config.checkpoint_every == 0 or step == config.iterations or stop:
             save()
+        if stop:
+            break
     bar.close()
 
     pred = _generate(net, noise, h, w, config.batch_frames, amp)
-    known_err = ((pred.astype(np.float64) - frames) ** 2)[~masks]
+    known_err = ((pred.astype(np.float64) - frames) ** 2)[~unseen]
     mse = float(known_err.mean()) if known_err.size else math.nan
     metrics = {**last, "train/updates": float(step)}
     metrics["train/psnr_known"] = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    return Fill(pred, metrics=metrics, record={"perceptual": perceptual, "device_used": str(device), "amp_used": amp})
+    if config.holdout > 0:
+        metrics["selfval/psnr"] = holdout_psnr(pred, frames, holdout)
+    record = {"perceptual": perceptual, "device_used": str(device), "amp_used": amp}
+    return Fill(pred, metrics=metrics, record=record, history=history)
 
 
 @torch.no_grad()

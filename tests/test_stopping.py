@@ -1,0 +1,77 @@
+"""The stopping rule of internal inpainting (plateau, maximum, minimum), the dilation scaling, and
+an IIVI fit that stops early on a trivially easy video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vilocal_dist.inpaint.stopping import Plateau, StopRule, lr_factor, scaled_dilation, watch
+
+
+def _run(rule: StopRule, scores: list[float]) -> int:
+    """Feed ``scores`` at the rule's evaluation points; the iteration the fit stops at."""
+    plateau = Plateau(rule)
+    iteration = 0
+    for score in scores:
+        iteration += rule.every
+        if plateau.update(min(iteration, rule.max_iters), score):
+            return min(iteration, rule.max_iters)
+    raise AssertionError("the rule never stopped")
+
+
+def test_stops_on_plateau() -> None:
+    rule = StopRule(every=10, patience=3, min_delta=0.05, min_iters=0, max_iters=1000)
+    scores = [10, 15, 18, 20, 20.01, 20.02, 20.03, 20.04] + [30] * 100  # plateau from the 4th evaluation
+    assert _run(rule, scores) == 70  # 3 evaluations (50, 60, 70) without a gain > 0.05 dB after 40
+
+
+def test_never_past_maximum() -> None:
+    rule = StopRule(every=10, patience=3, min_delta=0.05, min_iters=0, max_iters=55)
+    assert _run(rule, [float(i) for i in range(100)]) == 55  # always improving: stops at the maximum
+    disabled = StopRule(every=10, patience=0, min_delta=0.05, min_iters=0, max_iters=40)
+    assert _run(disabled, [1.0] * 10) == 40  # patience 0 = fixed budget, even on a flat curve
+
+
+def test_respects_minimum() -> None:
+    rule = StopRule(every=10, patience=2, min_delta=0.05, min_iters=100, max_iters=1000)
+    assert _run(rule, [5.0] * 50) == 100  # flat from the start, but not before min_iters
+
+
+def test_nan_scores_never_count_as_gains() -> None:
+    rule = StopRule(every=1, patience=2, min_delta=0.0, min_iters=0, max_iters=10)
+    assert _run(rule, [float("nan")] * 10) == 2
+
+
+@pytest.mark.parametrize(("dilate", "rows", "ref", "expected"), [
+    (12, 320, 320, 12), (12, 80, 320, 3), (12, 640, 320, 24), (12, 10, 320, 1), (1, 32, 320, 1),
+    (0, 320, 320, 0), (12, 80, 0, 12),
+])  # fmt: skip
+def test_dilation_scaling(dilate: int, rows: int, ref: int, expected: int) -> None:
+    assert scaled_dilation(dilate, rows, ref) == expected
+
+
+def test_cosine_schedule_warms_up_and_decays() -> None:
+    f = [lr_factor("cosine", i, 1000, 50) for i in range(1000)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[50:], f[51:])) and f[-1] == pytest.approx(0.1, abs=1e-4)
+    assert lr_factor("constant", 999, 1000, 50) == 1.0
+
+
+def test_iivi_stops_early_on_an_easy_video() -> None:
+    from vilocal_dist.inpaint.iivi import fit_one_video
+
+    # A flat grey video: the network learns it in a few steps, then self-validation is flat.
+    frames = np.full((4, 32, 48, 3), 128, np.uint8)
+    masks = np.zeros((4, 32, 48), bool)
+    masks[:, 12:20, 18:30] = True
+    cfg = {"preset": "tiny", "iters_recon": 2000, "iters_reg": 0, "lr": 1e-3, "batch": 2,
+           "stop_every": 10, "stop_patience": 2, "stop_min_delta": 0.5, "min_iters": 20}  # fmt: skip
+    seen: list[dict[str, float]] = []
+    with watch(on_eval=seen.append, gt_frames=frames):
+        result = fit_one_video(frames, masks, cfg, progress=False)
+    stopped = result.metrics["train/iters"]
+    assert 20 <= stopped < 300, stopped
+    assert [p["iteration"] for p in result.history] == [10.0 * (k + 1) for k in range(len(result.history))]
+    assert seen == result.history and all("true/hole_psnr" in p and "seconds" in p for p in seen)
+    assert result.history[-1]["selfval/psnr"] > 30
