@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         "config": result.config,
         "overrides": cfg,
         "metrics": {**result.metrics, "runtime/seconds": seconds},
+        "history": result.history,  # learning curve of internal methods (selfval/psnr per evaluation)
         "input": {**described, "hash": input_hash(frames, masks)},
         "seed": args.seed,
         "outputs": {"frames": "frames", "masks": "masks", "preview": preview},
