@@ -58,20 +58,20 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
     assert lr_factor("constant", 999, 1000, 50) == 1.0
 
 
-def test_iivi_stops_early_on_an_easy_video() -> None:
+def test_iivi_stops_at_the_plateau_not_the_maximum() -> None:
     from vilocal_dist.inpaint.iivi import fit_one_video
 
-    # A flat grey video: the network learns it in a few steps, then self-validation is flat.
-    frames = np.full((4, 32, 48, 3), 128, np.uint8)
-    masks = np.zeros((4, 32, 48), bool)
+    # A flat grey video, and a threshold no gain can meet: after the first evaluation every one is
+    # "no improvement", so the fit must stop at min_iters (20) + patience, far below its 2000 maximum.
+    frames = np.full((3, 32, 48, 3), 128, np.uint8)
+    masks = np.zeros((3, 32, 48), bool)
     masks[:, 12:20, 18:30] = True
-    cfg = {"preset": "tiny", "iters_recon": 2000, "iters_reg": 0, "lr": 1e-3, "batch": 2,
-           "stop_every": 10, "stop_patience": 2, "stop_min_delta": 0.5, "min_iters": 20}  # fmt: skip
+    cfg = {"preset": "tiny", "iters_recon": 2000, "iters_reg": 0, "lr": 1e-3, "batch": 1,
+           "stop_every": 10, "stop_patience": 2, "stop_min_delta": 1000.0, "min_iters": 20}  # fmt: skip
     seen: list[dict[str, float]] = []
     with watch(on_eval=seen.append, gt_frames=frames):
         result = fit_one_video(frames, masks, cfg, progress=False)
-    stopped = result.metrics["train/iters"]
-    assert 20 <= stopped < 300, stopped
-    assert [p["iteration"] for p in result.history] == [10.0 * (k + 1) for k in range(len(result.history))]
-    assert seen == result.history and all("true/hole_psnr" in p and "seconds" in p for p in seen)
-    assert result.history[-1]["selfval/psnr"] > 30
+    assert result.metrics["train/iters"] == 30 and result.metrics["train/iters_recon"] == 30
+    assert [p["iteration"] for p in result.history] == [10.0, 20.0, 30.0]
+    assert seen == result.history and all("true/hole_psnr" in p and p["seconds"] > 0 for p in seen)
+    assert all(np.isfinite(p["selfval/psnr"]) or p["selfval/psnr"] == np.inf for p in seen)

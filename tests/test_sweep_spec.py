@@ -55,7 +55,7 @@ def test_shipped_spec_contents():
     (focal,) = load_specs(SWEEPS / "vilocal-focal.yaml")
     assert focal.param_names == ["alpha", "gamma"]
     (lam,) = load_specs(SWEEPS / "inpaint-regularizers.yaml")
-    assert (lam.metric, lam.param_names) == ("selfval/psnr", ["lambda_a", "lambda_s"])
+    assert (lam.metric, lam.param_names, lam.scheduler.type) == ("selfval/psnr", ["lambda_a", "lambda_s"], "asha")
     demo = load_specs(SWEEPS / "demo.yaml")
     assert [s.kind.name for s in demo] == ["inpaint-regularizers", "vilocal-contrastive"]
 
@@ -109,7 +109,6 @@ def test_bad_spec_is_rejected_naming_file_and_key(tmp_path, change, key, words):
     ("change", "key", "words"),
     [
         ({"search_space": {"lambda_a": {"type": "uniform", "low": -0.5, "high": 1.0}}}, "search_space.lambda_a", "lambda_a, lambda_s must be ≥ 0"),
-        ({"scheduler": {"type": "asha", "max_t": 3}}, "scheduler", "report once"),
         ({"resources": {"gpus_per_trial": -0.5}}, "resources.gpus_per_trial", "≥ 0"),
         ({"data": {}}, "data", "composed"),
         ({"base": {"method": "telea"}}, "search_space.lambda_a", "telea: unknown option(s) ['lambda_a']"),  # asks the method registry
