@@ -57,7 +57,7 @@ def evaluate(frames: np.ndarray, truth: np.ndarray, start: int, cfg: dict[str, A
 
 
 def plot(rows: list[dict[str, Any]], path: Path | None, title: str) -> Any:
-    """Per-frame IoU (solid) and the propagation's own confidence (dotted) for each start frame."""
+    """Per-frame IoU (solid, when known) and the propagation's own confidence (dotted) per start frame."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,8 +65,10 @@ def plot(rows: list[dict[str, Any]], path: Path | None, title: str) -> Any:
 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
     for row in rows:
-        line = ax.plot(row["iou"], label=f"from frame {row['start']}: IoU (mean {row['mean_iou']:.2f})")[0]
-        ax.plot(row["confidence"], ":", color=line.get_color(), label=f"from frame {row['start']}: confidence")
+        line = ax.plot(row["confidence"], ":", label=f"from frame {row['start']}: confidence")[0]
+        if row.get("iou") is not None:
+            label = f"from frame {row['start']}: IoU (mean {row['mean_iou']:.2f})"
+            ax.plot(row["iou"], color=line.get_color(), label=label)
         ax.axvline(row["start"], color=line.get_color(), lw=0.8, alpha=0.5)
     ax.set(xlabel="frame", ylabel="IoU / confidence", ylim=(0, 1.02), title=title)
     ax.legend(fontsize=7, loc="lower left")

@@ -145,7 +145,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         frames, masks = load_video(source, args.size, args.max_frames)
         described["mask_kind"] = "sequence"
     else:
-        frames, _ = load_video(source, args.size, args.max_frames, require_masks=False)
+        frames, reference = load_video(source, args.size, args.max_frames, require_masks=False)
         index = 0 if args.mask_frame is None else args.mask_frame
         if not 0 <= index < len(frames):
             raise ConfigError(f"--mask-frame {index} is outside the {len(frames)} frames used")
@@ -162,6 +162,12 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         )
         masks = propagation.dilate(prop.masks, args.dilate)
         summary = {**prop.summary(), "seconds": time.perf_counter() - started, "dilate": args.dilate}
+        summary["load_average"] = os.getloadavg()[0]
+        if source.has_masks:  # the video's own masks (DAVIS annotations): score the propagation against them
+            from vilocal_dist.bench.propagation import iou_per_frame
+
+            iou = iou_per_frame(prop.masks, reference)
+            summary.update(iou=[round(float(v), 4) for v in iou], mean_iou=float(iou.mean()))
         described.update(mask_kind="single", mask_frame=index, propagation=summary)
     if not masks.any():
         raise InputError("every mask is empty: nothing to inpaint", mask or args.video)
@@ -255,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
         record["auto_lambda"] = lambda_table
     if propagation is not None:
         record["propagation"] = propagation
+        _plot_propagation(out / "propagation.png", propagation, described)
     record["metrics"]["memory/peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _write_json_atomic(out / "result.json", record)
     print(f"wrote {out} ({len(frames)} frames, {args.method}, {seconds:.1f} s)")
@@ -276,11 +283,22 @@ def _check_one_mask_and_tile_flags(args: argparse.Namespace) -> None:
         check_propagation_config(parse_overrides(args.prop_overrides))
 
 
+def _plot_propagation(path: Path, summary: dict[str, Any], described: dict[str, Any]) -> None:
+    """Per-frame confidence (and IoU against the video's own masks, when it has them) as a PNG."""
+    from vilocal_dist.bench.propagation import plot
+
+    row = {"start": described["mask_frame"], "confidence": summary["confidence"]}
+    row.update(iou=summary.get("iou"), mean_iou=summary.get("mean_iou"))
+    plot([row], path, f"{Path(str(described['video'])).name}: mask of frame {row['start']} propagated")
+
+
 def _print_propagation(summary: dict[str, Any]) -> None:
     """Where the propagated mask may have lost the object: the frames a user should look at."""
     print(
         f"mask propagation: {summary['iters']} iterations ({summary['stop']}) + {summary['adapt_iters']} adapting, "
-        f"{summary['seconds']:.1f} s, mean confidence {summary['mean_confidence']:.2f}"
+        f"{summary['seconds']:.1f} s (load average {summary['load_average']:.1f}), "
+        f"mean confidence {summary['mean_confidence']:.2f}"
+        + (f", mean IoU vs the video's masks {summary['mean_iou']:.3f}" if "mean_iou" in summary else "")
     )
     reasons = summary["flag_reasons"]
     if not reasons:

@@ -36,7 +36,7 @@ from vilocal_dist.inpaint.flow import dis_estimator, dis_flow, warp
 @dataclass(frozen=True)
 class PropagationConfig:
     max_iters: int = 600  # cap of the stopping rule (the paper trains 6,000 at full size)
-    min_iters: int = 100
+    min_iters: int = 100  # no stop before this (max_iters wins when smaller)
     check_every: int = 50  # iterations between two checks of the stopping rule
     plateau: float = 0.05  # the loss has plateaued when a check improves it by less than this fraction
     agree: float = 0.8  # IoU the prediction on the annotated frame must reach before stopping
@@ -59,8 +59,8 @@ class PropagationConfig:
     def __post_init__(self) -> None:
         if min(self.max_iters, self.min_iters, self.check_every, self.width, self.batch) < 1 or self.lr <= 0:
             raise ConfigError("propagation: max_iters, min_iters, check_every, width, batch, lr must be positive")
-        if self.size < 16 or self.min_iters > self.max_iters:
-            raise ConfigError("propagation: size must be ≥ 16 and min_iters ≤ max_iters")
+        if self.size < 16:
+            raise ConfigError("propagation: size must be ≥ 16")
         if not 0 < self.alpha <= 1 or not 0 < self.threshold < 1:
             raise ConfigError("propagation: alpha must be in (0, 1] and threshold in (0, 1)")
         if not 0 <= self.scale_jitter < 1 or not 0 <= self.brightness_jitter < 1:
@@ -170,7 +170,7 @@ class Propagation:
     """Masks for every frame, with what the propagation knows about its own reliability."""
 
     masks: np.ndarray  # bool T×H×W at the input resolution; the annotated frame's mask unchanged
-    confidence: np.ndarray  # float T: IoU of the mask and the flow-carried previous mask (1 on the annotated frame)
+    confidence: np.ndarray  # float T in [0, 1], see _confidence (1 on the annotated frame)
     area: np.ndarray  # float T: mask area as a fraction of the frame
     flagged: list[int]  # frames where the mask may have lost the object
     reasons: dict[int, str]  # frame -> why it was flagged
@@ -294,6 +294,16 @@ def _select(prob: np.ndarray, prior: np.ndarray, cfg: PropagationConfig) -> np.n
     return np.isin(labels, near)
 
 
+def _confidence(prob: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> float:
+    """How much to trust a frame's mask, in [0, 1]: the larger of its agreement with the flow-carried
+    previous mask (IoU) and the network's certainty inside it (mean 2p − 1). Either cue alone can
+    fail (flow on fast thin objects, the network on look-alikes); a lost object fails both."""
+    union = (mask | prior).sum()
+    agreement = (mask & prior).sum() / union if union else 0.0
+    certainty = float(np.clip(2 * prob[mask] - 1, 0, 1).mean()) if mask.any() else 0.0
+    return max(float(agreement), certainty)
+
+
 def _flags(confidence: np.ndarray, area: np.ndarray, index: int, cfg: PropagationConfig) -> dict[int, str]:
     """Frames whose mask may have lost the object: empty, a sudden area change, or low confidence."""
     reasons: dict[int, str] = {}
@@ -370,8 +380,7 @@ def propagate_mask(
         prob = seg.probs(video[t : t + 1])[0].cpu().numpy()
         prior = warp(masks_small[prev].astype(np.float32), dis_flow(small[t], small[prev], estimator)) > 0.5
         masks_small[t] = _select(prob, prior, conf)
-        union = (masks_small[t] | prior).sum()
-        confidence[t] = (masks_small[t] & prior).sum() / union if union else 0.0
+        confidence[t] = _confidence(prob, masks_small[t], prior)
         if confidence[t] >= conf.confident and conf.adapt_every:
             seg.adopt(video[t : t + 1], masks_small[t])
         if conf.adapt_every and done % conf.adapt_every == 0 and seg.examples:
