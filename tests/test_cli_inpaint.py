@@ -82,7 +82,8 @@ def _fake_propagation(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
 
     def propagate_mask(frames, mask, frame_index, cfg=None, *, seed=0, progress=True):
         calls.append((frames.shape, mask.shape, frame_index))
-        summary = {"iters": 0, "stop": "fake", "adapt_iters": 0, "mean_confidence": 1.0, "flag_reasons": {}}
+        summary = {"iters": 0, "stop": "fake", "adapt_iters": 0, "confidence": [1.0] * len(frames),
+                   "mean_confidence": 1.0, "flag_reasons": {}}  # fmt: skip
         return types.SimpleNamespace(masks=np.repeat(mask[None], len(frames), axis=0), summary=lambda: summary)
 
     fake = types.ModuleType("vilocal_dist.inpaint.propagation")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.highres import HighResConfig, inpaint_highres, tile_grid
 
 T, H, W = 3, 96, 160

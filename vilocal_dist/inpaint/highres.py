@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import InpaintMethod, InpaintResult, composite
+from vilocal_dist.inpaint.base import InpaintResult, composite
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _upsampled(image: np.ndarray, y: int, x: int, size: tuple[int, int], full: t
 
 
 def inpaint_highres(
-    method: InpaintMethod,
+    method: Callable[..., InpaintResult],
     frames: np.ndarray,
     masks: np.ndarray,
     cfg: dict[str, Any] | None = None,
@@ -83,7 +83,8 @@ def inpaint_highres(
     progress: bool = True,
     workdir: Path | None = None,
 ) -> InpaintResult:
-    """``method`` applied coarse-to-fine: same contract as the method, bounded working memory.
+    """``method`` (a registered ``Method``, or anything called like one) applied coarse to fine:
+    the method's contract, with working memory bounded by the tile size.
 
     ``cfg``: ``HighResConfig`` fields; ``method_cfg`` goes to every call of ``method``.
     Metrics: the coarse pass's own (prefixed ``coarse/``), ``highres/tiles`` and ``highres/scale``.

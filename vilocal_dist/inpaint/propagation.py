@@ -1,12 +1,25 @@
-"""Object masks for a whole video from one annotated frame (IIVI paper, section 4.2).
+"""Object masks for a whole video from one annotated frame (IIVI paper, section 4.2, extended).
 
-A small segmentation network is trained on the annotated frame alone: each training image is that
-frame with a copy of the object pasted at a random place and scale, and the label marks every object
+A small segmentation network is trained on the annotated frame: each training image is that frame
+with a copy of the object pasted at a random place and scale, and the label marks every object
 pixel (the original and the copy). Convolutions share weights across positions, so the network then
 finds the object wherever it moved in the other frames. The loss is the paper's weighted binary
 cross-entropy: non-object pixels weigh α = 0.8, so a missed object pixel costs more than a wrongly
 included background pixel (inpainting can fill extra background; it cannot remove a leftover object).
 The authors' code lacks this weighting; their paper has it.
+
+How long to fit is decided by a stopping rule (``stop_reason``), not a fixed budget: the loss has
+plateaued, the prediction on the annotated frame agrees with its mask, and the frame-to-frame
+consistency of the predicted masks around it has settled; never past ``max_iters``.
+
+Trained on one frame, the network learns the object as it looks there and finds look-alikes in
+backgrounds it never saw. So frames are visited outward from the annotated one (both directions
+from a middle frame), and two cues are combined, as in online-adaptive video object segmentation:
+the network's mask keeps only the connected parts near the previous frame's mask carried by DIS
+optical flow, and frames whose mask is confident become training examples (their uncertain rim
+left out) on which the network keeps adapting, to the object's changing appearance and to new
+background. Per-frame confidence and flags (empty mask, sudden area change, low confidence) tell
+users which frames to check.
 
 Deviation, on purpose: the paper leaves the original object location out of the loss (its pixels
 are unknown once the object has moved); here the object is copied, not moved, so the original
