@@ -23,7 +23,7 @@ import numpy as np
 
 from vilocal_dist.cli.args import size_type
 from vilocal_dist.data.sources import load_video, open_source
-from vilocal_dist.inpaint.propagation import check_propagation_config, propagate_mask
+from vilocal_dist.inpaint import propagation
 
 
 def iou_per_frame(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def evaluate(frames: np.ndarray, truth: np.ndarray, start: int, cfg: dict[str, A
     """Propagate ``truth[start]`` and score it; figures for the table, the plot and MLflow."""
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
-    result = propagate_mask(frames, truth[start], start, cfg, seed=seed, progress=False)
+    result = propagation.propagate_mask(frames, truth[start], start, cfg, seed=seed, progress=False)
     seconds = time.perf_counter() - began
     iou = iou_per_frame(result.masks, truth)
     quarters = np.array_split(iou, 4)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow-uri", default=None, help="log one run per start frame to this tracking URI")
     args = p.parse_args(argv)
     cfg = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.prop)}
-    check_propagation_config(cfg)
+    propagation.check_propagation_config(cfg)
     frames, truth = load_video(open_source(args.davis, seq=args.seq), args.size)
     rows = []
     print(f"{'start':>5} {'mean IoU':>8}  quarters                 {'s':>6}  iters        load")

@@ -48,7 +48,7 @@ from vilocal_dist.inpaint.flow import dis_estimator, dis_flow, warp
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    max_iters: int = 600  # cap of the stopping rule (the paper trains 6,000 at full size)
+    max_iters: int = 300  # cap of the stopping rule (the paper: 6,000 at full size, on a GPU)
     min_iters: int = 100  # no stop before this (max_iters wins when smaller)
     check_every: int = 50  # iterations between two checks of the stopping rule
     plateau: float = 0.05  # the loss has plateaued when a check improves it by less than this fraction
