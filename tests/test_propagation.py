@@ -122,3 +122,13 @@ def test_bad_inputs_and_options():
         propagate_mask(frames, masks[0], 0, {"iterations": 3}, progress=False)
     with pytest.raises(ConfigError, match="alpha"):
         propagate_mask(frames, masks[0], 0, {"alpha": 0.0}, progress=False)
+
+
+def test_iou_per_frame_scores_empty_against_empty_as_one():
+    from vilocal_dist.bench.propagation import iou_per_frame
+
+    pred = np.zeros((3, 4, 4), bool)
+    truth = np.zeros((3, 4, 4), bool)
+    pred[1, :2], truth[1, :1] = True, True  # 4 of 8 pixels
+    truth[2, 0, 0] = True  # missed entirely
+    np.testing.assert_allclose(iou_per_frame(pred, truth), [1.0, 0.5, 0.0])
