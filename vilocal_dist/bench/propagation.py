@@ -64,12 +64,13 @@ def plot(rows: list[dict[str, Any]], path: Path | None, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    for row in rows:
-        line = ax.plot(row["confidence"], ":", label=f"from frame {row['start']}: confidence")[0]
+    for n, row in enumerate(rows):
+        color = f"C{n}"
+        if row.get("confidence") is not None:
+            ax.plot(row["confidence"], ":", color=color, label=f"from frame {row['start']}: confidence")
         if row.get("iou") is not None:
-            label = f"from frame {row['start']}: IoU (mean {row['mean_iou']:.2f})"
-            ax.plot(row["iou"], color=line.get_color(), label=label)
-        ax.axvline(row["start"], color=line.get_color(), lw=0.8, alpha=0.5)
+            ax.plot(row["iou"], color=color, label=f"from frame {row['start']}: IoU (mean {row['mean_iou']:.2f})")
+        ax.axvline(row["start"], color=color, lw=0.8, alpha=0.5)
     ax.set(xlabel="frame", ylabel="IoU / confidence", ylim=(0, 1.02), title=title)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
