@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vilocal_dist.cli.args import size_type
+from vilocal_dist.config import size_arg
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.inpaint import propagation
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("davis", help="DAVIS root (JPEGImages/, Annotations/)")
     p.add_argument("--seq", required=True)
     p.add_argument("--frames", type=int, nargs="+", default=[0], help="annotated frames to start from")
-    p.add_argument("--size", type=size_type(16), default=None, metavar="HxW")
+    p.add_argument("--size", type=size_arg(16), default=None, metavar="HxW")
     p.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", help="propagation option")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=Path, default=None, help="write the IoU curves here (PNG)")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from vilocal_dist.cli.args import size_type
 from vilocal_dist import __version__
+from vilocal_dist.config import apply_sets, parse_sets, size_arg
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.video.io import IMAGE_EXTS, read_mask_image, resize_mask, write_png_folder, write_video
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="PX",
                    help="inpaint frames larger than PX coarse to fine in PX×PX tiles (bounded memory)")
     p.add_argument("--coarse", type=int, default=432, metavar="PX", help="longest side of the coarse pass of --tile (default 432)")
-    p.add_argument("--size", type=size_type(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
+    p.add_argument("--size", type=size_arg(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
     p.add_argument("--max-frames", type=int, default=None, metavar="T", help="use only the first T frames")
     p.add_argument("--workdir", type=Path, default=None, help="checkpoints for resuming (default OUT/.work)")
     p.add_argument("--seq", default=None, help="sequence name when VIDEO is a DAVIS root with several")
@@ -105,20 +105,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-samples", type=int, default=None, metavar="N",
                    help="with --auto-lambda: N Optuna TPE samples instead of the default 3×3 grid")
     p.set_defaults(func=run)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["iterations=500", "preset=tiny"]`` -> {"iterations": 500, "preset": "tiny"} (JSON values, else text)."""
-    cfg: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            cfg[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key.strip()] = value
-    return cfg
 
 
 def input_hash(frames: np.ndarray, masks: np.ndarray) -> str:
@@ -163,7 +149,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         log.info("propagating the mask of frame %d to %d frames", index, len(frames))
         started = time.perf_counter()
         prop = propagation.propagate_mask(
-            frames, one, index, parse_overrides(args.prop_overrides), seed=args.seed, progress=not args.quiet
+            frames, one, index, apply_sets({}, parse_sets(args.prop_overrides)), seed=args.seed, progress=not args.quiet
         )
         masks = propagation.dilate(prop.masks, args.dilate)
         summary = {**prop.summary(), "seconds": time.perf_counter() - started, "dilate": args.dilate}
@@ -226,8 +212,12 @@ def run(args: argparse.Namespace) -> int:
         _print_methods()
         return 0
     method = get_method(args.method)
-    cfg = parse_overrides(args.overrides)
+    cfg = apply_sets({}, parse_sets(args.overrides))
     method.resolve(cfg)  # every option checked before decoding anything
+    if args.auto_lambda:
+        from vilocal_dist.distributed.auto_lambda import check_lambda_method
+
+        check_lambda_method(args.method, cfg)
     _check_one_mask_and_tile_flags(args)
     frames, masks, described = load_inputs(args)
     out: Path = args.out.expanduser()
@@ -294,7 +284,7 @@ def _check_one_mask_and_tile_flags(args: argparse.Namespace) -> None:
     if args.prop_overrides:
         from vilocal_dist.inpaint.propagation import check_propagation_config
 
-        check_propagation_config(parse_overrides(args.prop_overrides))
+        check_propagation_config(apply_sets({}, parse_sets(args.prop_overrides)))
 
 
 def _plot_propagation(path: Path, summary: dict[str, Any], described: dict[str, Any]) -> None:
