@@ -81,8 +81,8 @@ def plot(rows: list[dict[str, Any]], path: Path | None, title: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vilocal_dist.bench.propagation", description=__doc__.split("\n\n")[0])
-    p.add_argument("davis", help="DAVIS root (JPEGImages/, Annotations/)")
-    p.add_argument("--seq", required=True)
+    p.add_argument("davis", help="DAVIS root (JPEGImages/, Annotations/), or any video source with masks")
+    p.add_argument("--seq", default=None, help="sequence of a DAVIS root with several")
     p.add_argument("--frames", type=int, nargs="+", default=[0], help="annotated frames to start from")
     p.add_argument("--size", type=size_arg(16), default=None, metavar="HxW")
     p.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE", help="propagation option")
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{start:>5} {row['mean_iou']:>8.3f}  {quarters}  {row['seconds']:>6.0f}  "
             f"{row['iters']}+{row['adapt_iters']} ({row['stop']})  {row['load'][0]:.1f}→{row['load'][1]:.1f}"
         )
-    title = f"{args.seq}, {frames.shape[1]}×{frames.shape[2]}: one annotated frame"
+    name = args.seq or Path(args.davis).name
+    title = f"{name}, {frames.shape[1]}×{frames.shape[2]}: one annotated frame"
     if args.plot:
         plot(rows, args.plot, title)
     if args.json:
@@ -120,12 +121,12 @@ def _log(rows: list[dict[str, Any]], cfg: dict[str, Any], args: argparse.Namespa
     from vilocal_dist.tracking.runs import log_figure, mlflow_run
 
     for row in rows:
-        params = {"seq": args.seq, "start": row["start"], "size": args.size, **cfg}
-        with mlflow_run("mask-propagation", f"{args.seq}-from-{row['start']}", params=params, uri=args.mlflow_uri):
+        params = {"video": args.davis, "seq": args.seq, "start": row["start"], "size": args.size, **cfg}
+        with mlflow_run("mask-propagation", f"{args.seq or 'video'}-from-{row['start']}", params=params, uri=args.mlflow_uri):
             mlflow.log_metrics({"mean_iou": row["mean_iou"], "seconds": row["seconds"], "load": row["load"][0]})
             for t, (iou, conf) in enumerate(zip(row["iou"], row["confidence"])):
                 mlflow.log_metrics({"iou": iou, "confidence": conf}, step=t)
-            log_figure(plot([row], None, f"{args.seq} from frame {row['start']}"), "iou.png")
+            log_figure(plot([row], None, f"{args.seq or args.davis} from frame {row['start']}"), "iou.png")
 
 
 if __name__ == "__main__":
