@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  vilocal evaluate --model runs/ray/demo-stage2/epoch_0004 --data runs/forged --split test",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="CKPT", help="stage-2 checkpoint (folder or model.pt)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="stage-2 checkpoint (folder or model.pt) or registered model "
+                        "(models:/vilocal-detector/VERSION or models:/vilocal-detector@ALIAS)")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder")
     p.add_argument("--split", choices=("train", "test"), default="test", help="split to score (default test)")
     p.add_argument("--methods", default=None, help="only these inpainting methods (comma-separated)")
@@ -38,12 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
     from vilocal_dist.errors import ConfigError
+    from vilocal_dist.tracking.model_registry import is_model_uri, record_evaluation
 
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = evaluate_checkpoint(args.model, args.data, split=args.split, methods=methods, size=args.size,
                                  threshold=args.threshold, batch_size=max(1, args.batch_size), progress=not args.json)
+    if is_model_uri(args.model):  # a model from the store: its evaluation goes there too
+        result["mlflow_run"] = record_evaluation(args.model, args.data, result, split=args.split)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -59,4 +64,6 @@ def run(args: argparse.Namespace) -> int:
     for name, b in result["baselines"].items():
         print(f"  {'(' + name + ')':<14} {'':>6}  {b['pooled']['f1']:>9.4f} {b['pooled']['iou']:>10.4f}  "
               f"{b['per_video']['f1']:>8.4f} {b['per_video']['iou']:>9.4f}")
+    if "mlflow_run" in result:
+        print(f"  MLflow: evaluation run {result['mlflow_run']}; metrics added to {args.model}")
     return 0

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  stage {o.stage}{' (resumed)' if o.resumed else ''}: best checkpoint {o.checkpoint}/model.pt")
         print(f"    {shown}")
         print(f"    MLflow run {o.mlflow_run_id} (experiment {args.experiment!r})")
+        if o.registered_model:
+            print(f"    registered as {o.registered_model} (detect/evaluate --model {o.registered_model})")
         if o.mlflow_spool:
             print(f"    not yet on the MLflow server: {o.mlflow_spool} (deliver: vilocal tracking sync)")
     print(f"MLflow store: {tracking_uri()}")

@@ -36,6 +36,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from vilocal_dist.console import phase, tune_verbosity
+from vilocal_dist.distributed.progress import TrialProgress
 from vilocal_dist.distributed.spec import SweepSpec, load_specs, parse_size
 from vilocal_dist.distributed.tune_mlflow import MLflowTrialLogger, close_open_children
 from vilocal_dist.distributed.tuning import (
@@ -229,7 +231,8 @@ def _fit_train(spec: SweepSpec, path: str, resume: bool, callbacks: list, data: 
                 search_alg=OptunaSearch(seed=spec.seed), scheduler=scheduler_for(spec),
                 max_concurrent_trials=r.max_concurrent or train_concurrency(r.workers_per_trial),
             ),  # fmt: skip
-            run_config=tune.RunConfig(name=spec.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks),
+            run_config=tune.RunConfig(name=spec.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks,
+                                      verbose=tune_verbosity()),
         )
         results = tuner.fit()
     return results, is_complete(results, spec.num_samples)
@@ -275,7 +278,7 @@ def _fit_inpaint(spec: SweepSpec, callbacks: list) -> tuple[list[tuple[str, Any]
             frames, masks, params=tune_space(spec), name=f"{spec.name}/{video}", method=method, base_cfg=base,
             gt_frames=gt, num_samples=spec.num_samples, search_alg=OptunaSearch(seed=spec.seed), metric=spec.metric,
             mode=spec.mode, seed=spec.seed, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
-            max_concurrent=r.max_concurrent, callbacks=callbacks, constants={"video": video},
+            max_concurrent=r.max_concurrent, callbacks=callbacks, constants={"video": video}, verbose=tune_verbosity(),
         )  # fmt: skip
         out.append((video, results))
         if not is_complete(results, spec.num_samples):
@@ -304,6 +307,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, stop_after: int | None =
         raise ConfigError(f"sweep {spec.name!r} already has results at {path}; use --resume, or set name=… to start anew", spec.path)
     if resume and not exists:
         raise ConfigError(f"nothing to resume: no sweep {spec.name!r} at {path}", spec.path)
+    phase(f"sweep {spec.name}: {spec.num_samples} {spec.kind} trials{' per video' if spec.kind == 'inpaint-regularizers' else ''}"
+          f", {spec.mode}imize {spec.metric} over {', '.join(spec.param_names)}")
     prepared = _prepare_train(spec) if spec.kind != "inpaint-regularizers" else None
     set_session_budget(stop_after)
     params = {"spec": str(spec.path), "kind": spec.kind, "metric": spec.metric, "mode": spec.mode,
@@ -313,7 +318,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, stop_after: int | None =
     with parent_run(spec.experiment, spec.name, path=path, resume=resume, params=params, tags={"vilocal.kind": spec.kind}) as run:
         parent = run.info.run_id
         logger = MLflowTrialLogger(experiment=spec.experiment, parent_run_id=parent, params_of=_params_of, run_name_of=_run_name)
-        callbacks = [logger, SessionBudget()]
+        callbacks = [logger, SessionBudget(), TrialProgress(spec.num_samples, f"sweep {spec.name}")]
         try:
             if spec.kind == "inpaint-regularizers":
                 per_video, complete = _fit_inpaint(spec, callbacks)
