@@ -51,7 +51,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     ray.init(
-        address=address,
+        # "local": a fresh local Ray; never one that someone else's `ray start` left on this machine.
+        address=address or "local",
         num_cpus=num_cpus if not address else None,
         include_dashboard=True,
         # Attaching to a cluster (e.g. inside `ray job submit`) the job's own runtime env applies;

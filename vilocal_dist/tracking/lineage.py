@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,10 @@ def forged_dataset(root: str | Path) -> Any:
         def to_dict(self) -> dict[str, str]:
             return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
-    return ForgedVideos(resolve_dataset_source(dataset_uri(root)), name=Path(str(root)).name,
-                        digest=manifest_sha256(root)[:32])
+    with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(dataset_uri(root))
+    return ForgedVideos(source, name=Path(str(root)).name, digest=manifest_sha256(root)[:32])
 
 
 def _log(client: Any, run_id: str, root: str | Path, context: str) -> str:
