@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +59,12 @@ def setup(command: str, verbose: bool, log_dir: Path | None) -> Path | None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow and Ray attach their own stderr handlers (Ray's with propagate=False): ours instead.
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
-    if not verbose:
-        # Ray 2.60's new Tune output prints its experiment box even at verbose=0; the classic
-        # reporter is silent at 0.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray 2.60's new Tune output prints its experiment box even at verbose=0; the classic
+    # reporter is silent at 0. (Only ours is undone by a later --verbose setup in this process.)
+    if not verbose and "RAY_AIR_NEW_OUTPUT" not in os.environ:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = _STATE["air_output"] = "0"
+    elif verbose and _STATE.pop("air_output", None):
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
     root = logging.getLogger()
     for handler in _STATE["handlers"]:  # an earlier setup in this process (tests call main() often)
         root.removeHandler(handler)
@@ -83,9 +84,12 @@ def setup(command: str, verbose: bool, log_dir: Path | None) -> Path | None:
         file_handler.setLevel(level)
         file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         handlers.append(file_handler)
+        import optuna
         import ray._private.log  # Ray configures its logger on import: do it now, then adopt it
 
         ray._private.log.generate_logging_config()
+        optuna.logging.disable_default_handler()  # "A new study created in memory …" per Tuner
+        optuna.logging.enable_propagation()
     root.setLevel(level)
     for handler in handlers:
         root.addHandler(handler)

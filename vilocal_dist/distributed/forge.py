@@ -163,7 +163,9 @@ def forge_trial(config: dict[str, Any]) -> None:
 
 def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     job = config["job"]
-    return {"video": job["video"], "method": job["method"], "split": job["split"], "source": job["source"], "cfg": job["cfg"]}
+    # cfg as one JSON param: its keys differ by method, and every trial should carry the same param keys.
+    return {"video": job["video"], "method": job["method"], "split": job["split"], "source": job["source"],
+            "cfg": json.dumps(job["cfg"], sort_keys=True)}
 
 
 def _trial_name(trial: Any) -> str:

@@ -293,9 +293,9 @@ def _register(runlog: RunLog, ckpt: dict[str, Any], checkpoint_file: Path, metho
     """The best model as the next version of ``vilocal-detector`` (its ``models:/`` URI); "" when
     the tracking server is away (the checkpoint in Ray storage is the model then)."""
     try:
+        best = {f"best/{k}": v for k, v in ckpt["metrics"].items() if "/" in k}  # train/*, val/*
         version = log_detector(runlog.run_id, build_model(ckpt), checkpoint_file, train_config=ckpt["train_config"],
-                               methods=methods, metrics={f"best/{k}": v for k, v in ckpt["metrics"].items() if "/" in k},
-                               uri=runlog.uri)
+                               methods=methods, metrics=best, uri=runlog.uri)
     except Exception as exc:
         if not is_transient(exc):
             raise

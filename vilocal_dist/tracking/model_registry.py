@@ -135,8 +135,9 @@ def resolve_model(ref: str | Path, uri: str | None = None) -> Path:
     version = model_version(str(ref), uri)
     dst = Path(tempfile.mkdtemp(prefix="vilocal-model-"))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}/{_WEIGHTS_PATH}",
-                                                    dst_path=str(dst), tracking_uri=tracking_uri(uri))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}/{_WEIGHTS_PATH}", dst_path=str(dst),
+            tracking_uri=tracking_uri(uri))
     except Exception as exc:  # noqa: BLE001 - missing file, unreachable store: one line naming the ref
         raise InputError(f"no {_WEIGHTS_PATH} in this model version ({type(exc).__name__})", ref) from None
     return Path(local)
