@@ -68,6 +68,8 @@ DESCRIPTIONS = {
     "vilocal-auto-lambda": "Per-video automatic choice of the inpainting regularizer weights (`inpaint --auto-lambda`).",
 }
 _DESCRIPTION_TAG = "mlflow.note.content"
+#: Opens the MLflow 3 UI on its model-training views (runs, charts), not the GenAI ones.
+_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:
@@ -90,8 +92,8 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     description = DESCRIPTIONS.get(name) or (
         f"Protocol experiment {name[len('vilocal-'):]!r} (`vilocal experiment`)" if name.startswith("vilocal-") else None)
     try:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                        tags={_DESCRIPTION_TAG: description} if description else None)
+        tags = {**_KIND_TAGS, **({_DESCRIPTION_TAG: description} if description else {})}
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except Exception:  # another process created it between our check and create
         exp = client.get_experiment_by_name(name)
         if exp is None:
