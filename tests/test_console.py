@@ -67,3 +67,32 @@ def test_errors_stay_one_line_and_name_the_file(tmp_path):
     errors = [line for line in lines if line.startswith("vilocal:")]
     assert code == 2 and len(errors) == 1 and str(tmp_path / "missing.mp4") in errors[0], lines
     assert len(lines) <= 2, lines  # the log-file line, then the error
+
+
+def test_library_notices_go_to_the_file_ours_to_both(tmp_path, capfd):
+    import logging
+    import warnings
+
+    from vilocal_dist import console
+
+    path = console.setup("forge", False, tmp_path / "logs")
+    try:
+        logging.getLogger("vilocal_dist.distributed.forge").info("ours: shown")
+        logging.getLogger("ray._private.authentication").warning("token auth note: file only")
+        logging.getLogger("mlflow.store.db.utils").info("creating tables: file only")
+        with warnings.catch_warnings():  # pytest records warnings itself: give this one to logging
+            warnings.simplefilter("always")
+            logging.captureWarnings(True)
+            warnings.warn("a library deprecation: file only", DeprecationWarning, stacklevel=1)
+        logging.getLogger("ray.tune").warning("tune warning: shown")
+        err = capfd.readouterr().err
+        assert "ours: shown" in err and "tune warning: shown" in err
+        assert "file only" not in err
+        text = path.read_text()
+        assert all(s in text for s in ("ours: shown", "token auth note", "creating tables", "a library deprecation"))
+        assert console.tune_verbosity() == 0 and console.ray_init_options() == {"log_to_driver": False}
+        console.setup("forge", True, tmp_path / "logs")
+        assert console.tune_verbosity() is None and console.ray_init_options() == {"log_to_driver": True}
+    finally:
+        console.setup("forge", False, None)
+        logging.captureWarnings(False)

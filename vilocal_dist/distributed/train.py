@@ -13,6 +13,9 @@ contrastive loss; stage 2: highest ``val/f1``), logs it as the run's model artif
 optimizer state) plus a few example panels (frame | truth | prediction), and returns it.
 ``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint; ``stage="joint"``
 trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation).
+``train`` also registers its final stage-2 model as ``vilocal-detector`` (``tracking.model_registry``);
+every stage run names its forged dataset as its ``training`` input (``tracking.lineage``). In the
+driver, a progress bar counts the epochs (``distributed.progress``).
 
 Fault tolerance: ``max_failures`` (FailureConfig) restarts the whole worker group when a worker
 dies (a preempted node, an OOM kill); the new group resumes from the latest checkpoint Ray's
@@ -47,6 +50,7 @@ from vilocal_dist.engines.datasets import training_datasets
 from vilocal_dist.engines.loop import EpochEnd, Runtime, fresh_model
 from vilocal_dist.console import phase
 from vilocal_dist.distributed.progress import epoch_progress
+from vilocal_dist.distributed.tuning import init_ray
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.models import get_config
 from vilocal_dist.tracking import storage_path, tracking_uri
@@ -135,8 +139,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
 def cluster_has_gpus() -> bool:
     """Whether the connected Ray cluster offers any GPU (decides use_gpu and the backend)."""
     import ray
-
-    from vilocal_dist.distributed.tuning import init_ray
 
     init_ray()  # RAY_ADDRESS (a cluster) when set, else a local one; no-op when Ray is up
     return ray.cluster_resources().get("GPU", 0) > 0
@@ -244,6 +246,7 @@ def train_stage(
     label = "joint" if joint else f"stage {stage}"
     phase(f"{label}: {run_name}, {epochs} epochs on {workers} Ray Train worker(s), {summary['train_clips']} training "
           f"clips ({'resumed' if existing else 'new'} MLflow run {run_id})")
+    init_ray()  # the bar's counter is an actor: a local Ray of our own if none is up (no-op otherwise)
     progress = epoch_progress(epochs, f"{label} epochs", shown=(metric,))
     try:
         with progress as progress_callbacks:
