@@ -144,17 +144,20 @@ def resolve_model(ref: str | Path, uri: str | None = None) -> Path:
 
 
 def evaluation_metrics(scores: Mapping[str, Any], split: str) -> dict[str, float]:
-    """``{split}/f1``, ``{split}/iou`` (pooled over frames) and the same per inpainting method."""
-    out = {f"{split}/f1": scores["pooled"]["f1"], f"{split}/iou": scores["pooled"]["iou"]}
+    """``{split}/f1``, ``{split}/iou`` (pooled over frames), ``{split}/f1_per_video`` and the pooled
+    scores per inpainting method (``{split}/<method>/f1``): the keys of every evaluation run."""
+    out = {f"{split}/f1": scores["pooled"]["f1"], f"{split}/iou": scores["pooled"]["iou"],
+           f"{split}/f1_per_video": scores["per_video"]["f1"]}
     for method, s in sorted(scores.get("by_method", {}).items()):
         out.update({f"{split}/{method}/f1": s["pooled"]["f1"], f"{split}/{method}/iou": s["pooled"]["iou"]})
     return {k: float(v) for k, v in out.items()}
 
 
 def record_evaluation(model: str | Path, data: str | Path, scores: Mapping[str, Any], *, split: str,
-                      experiment: str = "vilocal-evaluate", uri: str | None = None) -> str:
-    """An evaluation run (metrics, the dataset as its ``evaluation`` input); a registered ``model``
-    also gets the metrics as tags of its version. Returns the run id."""
+                      run_id: str | None = None, experiment: str = "vilocal-evaluate", uri: str | None = None) -> str:
+    """Record an evaluation: in run ``run_id``, or a new run of ``experiment`` (params, metrics);
+    the dataset becomes the run's ``evaluation`` input, and a registered ``model`` gets the metrics
+    as tags of its version. Returns the run id."""
     import mlflow
 
     from vilocal_dist.tracking.lineage import log_dataset_input
@@ -164,15 +167,17 @@ def record_evaluation(model: str | Path, data: str | Path, scores: Mapping[str, 
     uri = tracking_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     metrics = evaluation_metrics(scores, split)
-    tags = {**provenance(), "vilocal.model": str(model)}
-    run = client.create_run(ensure_experiment(experiment, uri), run_name=f"evaluate-{Path(str(data)).name}-{split}",
-                            tags=tags)
-    run_id = run.info.run_id
+    created = run_id is None
+    if created:
+        tags = {**provenance(), "vilocal.model": str(model)}
+        run_id = client.create_run(ensure_experiment(experiment, uri), tags=tags,
+                                   run_name=f"evaluate-{Path(str(data)).name}-{split}").info.run_id
     status = "FAILED"
     try:
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in
-                                         {"model": model, "data": data, "split": split}.items()])
-        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in metrics.items()])
+        if created:
+            params = {"model": model, "data": data, "split": split}
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
+                             metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in metrics.items()])
         log_dataset_input(run_id, data, "evaluation", uri)
         if is_model_uri(model):
             version = model_version(str(model), uri)
@@ -180,5 +185,6 @@ def record_evaluation(model: str | Path, data: str | Path, scores: Mapping[str, 
                 client.set_model_version_tag(version.name, version.version, key, f"{value:.6g}")
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status=status)
+        if created:
+            client.set_terminated(run_id, status=status)
     return run_id
