@@ -75,16 +75,15 @@ def test_library_notices_go_to_the_file_ours_to_both(tmp_path, capfd):
 
     from vilocal_dist import console
 
-    path = console.setup("forge", False, tmp_path / "logs")
     try:
-        logging.getLogger("vilocal_dist.distributed.forge").info("ours: shown")
-        logging.getLogger("ray._private.authentication").warning("token auth note: file only")
-        logging.getLogger("mlflow.store.db.utils").info("creating tables: file only")
-        with warnings.catch_warnings():  # pytest records warnings itself: give this one to logging
+        with warnings.catch_warnings():  # pytest records warnings itself: here they go to logging
             warnings.simplefilter("always")
-            logging.captureWarnings(True)
+            path = console.setup("forge", False, tmp_path / "logs")
+            logging.getLogger("vilocal_dist.distributed.forge").info("ours: shown")
+            logging.getLogger("ray._private.authentication").warning("token auth note: file only")
+            logging.getLogger("mlflow.store.db.utils").info("creating tables: file only")
             warnings.warn("a library deprecation: file only", DeprecationWarning, stacklevel=1)
-        logging.getLogger("ray.tune").warning("tune warning: shown")
+            logging.getLogger("ray.tune").warning("tune warning: shown")
         err = capfd.readouterr().err
         assert "ours: shown" in err and "tune warning: shown" in err
         assert "file only" not in err

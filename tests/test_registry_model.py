@@ -5,6 +5,7 @@ version; only the weights file is read back (weights_only)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,29 @@ def test_a_bad_registry_reference_is_one_line_exit_2(registered, tmp_path, capsy
     code = main(["detect", "composed:3:6:32x48", "--model", ref, "--out", str(tmp_path / "x")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and problem in lines[0] and ref in lines[0], lines
+
+
+def test_evaluate_from_the_registry_records_scores_on_the_version(registered, tmp_path, capsys):
+    from vilocal_dist.data.composed import compose_video
+    from vilocal_dist.engines.forge import forge_local
+    from vilocal_dist.tracking.lineage import manifest_sha256
+
+    videos = [compose_video(seed, 5, (32, 48)) for seed in range(2)]
+    forge_local(tmp_path / "forged", videos, ["telea"], splits={v.name: "test" for v in videos}, progress=False)
+    assert main(["evaluate", "--model", f"models:/{REGISTERED_MODEL}/1", "--data", str(tmp_path / "forged"),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == f"models:/{REGISTERED_MODEL}/1"
+    tags = model_version(f"models:/{REGISTERED_MODEL}/1").tags
+    assert float(tags["test/f1"]) == pytest.approx(result["pooled"]["f1"], rel=1e-5)
+    assert float(tags["test/telea/iou"]) == pytest.approx(result["by_method"]["telea"]["pooled"]["iou"], rel=1e-5)
+
+    import mlflow
+
+    from vilocal_dist.tracking.setup import tracking_uri
+
+    run = mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["test/f1"] == pytest.approx(result["pooled"]["f1"])
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == manifest_sha256(tmp_path / "forged")[:32]
+    assert [t.value for t in dataset.tags] == ["evaluation"]

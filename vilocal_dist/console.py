@@ -95,7 +95,9 @@ def setup(command: str, verbose: bool, log_dir: Path | None) -> Path | None:
         root.addHandler(handler)
     _STATE.update(log_file=path, handlers=handlers)
     _adopt_logger("ray")
+    _adopt_logger("mlflow")  # when imported before this setup, it has its own stderr handler
     # Library warnings (deprecations, tracing notes) are for developers: in the file, once each.
+    logging.captureWarnings(False)  # re-hook: someone (pytest, a notebook) may have replaced showwarning since
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.propagate = False

@@ -13,7 +13,8 @@ contrastive loss; stage 2: highest ``val/f1``), logs it as the run's model artif
 optimizer state) plus a few example panels (frame | truth | prediction), and returns it.
 ``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint; ``stage="joint"``
 trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation).
-``train`` also registers its final stage-2 model as ``vilocal-detector`` (``tracking.model_registry``);
+``train(register=True)`` (the train command, the demo) registers the final stage-2 model as
+``vilocal-detector`` (``tracking.model_registry``);
 every stage run names its forged dataset as its ``training`` input (``tracking.lineage``). In the
 driver, a progress bar counts the epochs (``distributed.progress``).
 
@@ -409,23 +410,25 @@ def train(
     use_gpu: bool | None = None,
     max_failures: int = DEFAULT_MAX_FAILURES,
     tracking_retry_s: float | None = None,
+    register: bool = False,
 ) -> list[StageOutcome]:
     """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint) or "joint" (one
     focal-only run of encoder and decoder together, no contrastive stage).
 
     Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``);
-    rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`.
+    rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`. ``register``: the
+    final stage-2 (or joint) model becomes the next version of ``vilocal-detector``.
     """
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu, group=run_name,
                   max_failures=max_failures, tracking_retry_s=tracking_retry_s)
     if stage == "joint":
-        return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, register=True, **common)]
+        return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, register=register, **common)]
     outcomes = []
     if stage in ("1", "both"):
         outcomes.append(train_stage(1, cfg, data, run_name=f"{run_name}-stage1", **common))
         encoder = outcomes[-1].ray_checkpoint
     if stage in ("2", "both"):
-        outcomes.append(train_stage(2, cfg, data, run_name=f"{run_name}-stage2", encoder=encoder, register=True, **common))
+        outcomes.append(train_stage(2, cfg, data, run_name=f"{run_name}-stage2", encoder=encoder, register=register, **common))
     return outcomes

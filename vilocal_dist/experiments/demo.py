@@ -126,7 +126,8 @@ def _train(preset: DemoPreset, data: Path, run_name: str) -> list[Any]:
         val_fraction=0.2, stage1_epochs=preset.stage1_epochs, stage2_epochs=preset.stage2_epochs,
         stage1_lr=preset.stage1_lr, stage2_lr=preset.stage2_lr, stage2_min_lr=1e-4, alpha=preset.alpha,
     )
-    return train("both", cfg, data, run_name=run_name, methods=list(preset.train_methods), workers=preset.workers)
+    return train("both", cfg, data, run_name=run_name, methods=list(preset.train_methods), workers=preset.workers,
+                 register=True)
 
 
 def _evaluate(preset: DemoPreset, checkpoint: str, data: Path, model_ref: str) -> list[dict[str, Any]]:
