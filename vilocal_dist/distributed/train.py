@@ -58,7 +58,7 @@ from vilocal_dist.tracking import storage_path, tracking_uri
 from vilocal_dist.tracking.lineage import log_dataset_input, manifest_sha256
 from vilocal_dist.tracking.model_registry import REGISTERED_MODEL, log_detector
 from vilocal_dist.tracking.runs import flat_params
-from vilocal_dist.tracking.spool import RunLog, call_with_retry, final_retry_s, is_transient, short_error, spool_dir
+from vilocal_dist.tracking.spool import RunLog, bounded_http, call_with_retry, final_retry_s, is_transient, short_error, spool_dir
 from vilocal_dist.tracking.sync import describe, sync
 from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, open_run
 
@@ -241,7 +241,7 @@ def train_stage(
         runlog.set_tags({"vilocal.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     else:  # a resumed run keeps its first params (MLflow refuses to change a param's value)
         runlog.log_params(flat_params(params))
-        log_dataset_input(run_id, data, "training", uri)  # the server answered just now (open_run)
+        _record_input(run_id, data, uri)
     _log_json(runlog, {**params, "data_summary": summary}, "config.json")  # the resolved config, latest attempt
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs + (cfg.stage1_epochs if joint else 0)
     label = "joint" if joint else f"stage {stage}"
@@ -309,6 +309,17 @@ def _register(runlog: RunLog, ckpt: dict[str, Any], checkpoint_file: Path, metho
     uri = f"models:/{REGISTERED_MODEL}/{version}"
     runlog.set_tags({"vilocal.registered_model": uri})
     return uri
+
+
+def _record_input(run_id: str, data: Path, uri: str) -> None:
+    """The dataset as the run's ``training`` input; a server gone since ``open_run`` costs a warning, not the run."""
+    try:
+        with bounded_http():
+            log_dataset_input(run_id, data, "training", uri)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("MLflow: the training dataset of run %s was not recorded (%s)", run_id, short_error(exc))
 
 
 def _reach_server(fn: Callable[[], T], uri: str, within_s: float) -> T:
