@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from vilocal_dist.cli.args import parse_size
 
@@ -24,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, metavar="CKPT", help="stage-2 checkpoint (folder or model.pt)")
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder")
+    p.add_argument("--data", required=True, metavar="DIR|URI", help="forged dataset folder or storage URI")
     p.add_argument("--split", choices=("train", "test"), default="test", help="split to score (default test)")
     p.add_argument("--methods", default=None, help="only these inpainting methods (comma-separated)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
@@ -32,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass (default 4)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--report", default=None, metavar="FILE|URI", help="also write the full result as JSON here (atomically)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = evaluate_checkpoint(args.model, args.data, split=args.split, methods=methods, size=args.size,
                                  threshold=args.threshold, batch_size=max(1, args.batch_size), progress=not args.json)
+    if args.report:
+        from vilocal_dist.storage import write_text
+
+        write_text(args.report, json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from vilocal_dist import storage
 from vilocal_dist.engines import stage1, stage2
 from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, save_checkpoint
 from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES, TrainConfig
@@ -151,6 +152,8 @@ def as_ray_checkpoint(path_or_ckpt: Any) -> Any:
 
     if isinstance(path_or_ckpt, ray.train.Checkpoint):
         return path_or_ckpt
+    if storage.is_remote(path_or_ckpt):  # under the storage root: Ray reads it through pyarrow
+        return ray.train.Checkpoint(storage.normalize(path_or_ckpt).removesuffix(f"/{CHECKPOINT_FILE}"))
     path = Path(path_or_ckpt)
     folder = path.parent if path.is_file() else path
     if not (folder / CHECKPOINT_FILE).is_file():
@@ -163,9 +166,9 @@ def _read_checkpoint(ckpt: Any) -> dict[str, Any]:
         return load_checkpoint(folder)
 
 
-def _manifest_sha256(data: Path) -> str:
-    path = data / "manifest.jsonl"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+def _manifest_sha256(data: str) -> str:
+    path = storage.join(data, "manifest.jsonl")
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest() if storage.exists(path) else "none"
 
 
 def train_stage(
@@ -205,7 +208,7 @@ def train_stage(
         raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
     if joint and (stage != 2 or encoder is not None):
         raise ConfigError("joint training is a stage-2 run without an encoder checkpoint")
-    data = Path(data).resolve()
+    data = storage.normalize(data)  # a folder or a storage URI; workers read a node-local cached copy
     if stage == 2 and not joint:
         if encoder is None:
             raise ConfigError("stage 2 needs a stage-1 checkpoint (--encoder CKPT), or use --stage both")
@@ -273,15 +276,16 @@ def train_stage(
             if stage == 2:
                 _stage_examples(best_ckpt, val_ds, Path(folder))
             runlog.log_artifacts(folder)
-        runlog.set_tags({"vilocal.best_checkpoint": best.path})
+        best_uri = storage.uri_of(best.filesystem, best.path)
+        runlog.set_tags({"vilocal.best_checkpoint": best_uri})
     except BaseException as exc:
         _end_unfinished(runlog, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     runlog.set_status("FINISHED")
     delivered = runlog.flush(retry_s)  # the server may be back by now: wait for it a little
     if not delivered:
-        _report_gap(runlog, run_name, best.path, retry_s)
-    return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best,
+        _report_gap(runlog, run_name, best_uri, retry_s)
+    return StageOutcome(stage, run_name, run_id, best_uri, best_ckpt["metrics"], existing is not None, best,
                         mlflow_spool="" if delivered else str(runlog.path))
 
 

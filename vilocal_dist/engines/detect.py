@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from vilocal_dist import __version__
+from vilocal_dist import __version__, storage
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
-from vilocal_dist.engines.evaluate import load_detector, predict_probs
+from vilocal_dist.engines.evaluate import cached, load_detector, predict_probs
 from vilocal_dist.engines.overlay import red_overlay
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.video.io import list_image_files, replace_dir, resize_frame, write_video
@@ -103,14 +104,23 @@ def detect_video(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write probability maps, masks, overlay video and report.json for ``video``; returns the report."""
+    """Write probability maps, masks, overlay video and report.json for ``video``; returns the report.
+
+    ``video``, ``checkpoint`` and ``out_dir`` may be storage URIs: inputs are read through the
+    node-local cache; a remote ``out_dir`` is written in scratch and uploaded, report.json last."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    if storage.is_remote(out_dir):
+        with tempfile.TemporaryDirectory(dir=storage.scratch_dir()) as local:
+            report = detect_video(video, checkpoint, local, threshold=threshold, size=size,
+                                  batch_size=batch_size, device=device, progress=progress)
+            storage.upload_folder(local, out_dir, last=("report.json",))
+        return report
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt, model, size = load_detector(checkpoint, device, size)
+    ckpt, model, size = load_detector(cached(checkpoint), device, size)
     model.eval()
     train_cfg = ckpt["train_config"]
-    source = open_source(video)
+    source = open_source(cached(video) if storage.is_remote(video) else video)
     if source.num_frames < CLIP_LEN:
         # Defined, not an error: the reflected window repeats frames (1 frame: five copies of it).
         log.warning("%s has %d frames, fewer than one %d-frame clip: windows repeat frames (reflected)",
@@ -174,7 +184,7 @@ def detect_video(
         "frames": len(per_frame),
         "height": source.height,
         "width": source.width,
-        "model": str(Path(checkpoint).resolve()),
+        "model": storage.normalize(checkpoint),
         "model_name": ckpt["model_name"],
         "model_config": ckpt["model_config"],
         "train_config": train_cfg,
@@ -189,16 +199,10 @@ def detect_video(
         "outputs": {"probs": "probs", "masks": "masks", "overlay": "overlay.mp4"},
         "version": __version__,
     }
-    _write_json_atomic(out / "report.json", report)
+    storage.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

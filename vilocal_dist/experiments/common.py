@@ -25,7 +25,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -427,8 +426,7 @@ def pair(iou: float | None, f1: float | None, digits: int = 2) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from vilocal_dist.storage import atomic_write_text
+
+    atomic_write_text(path, text)
     return path
