@@ -291,14 +291,20 @@ def publish(root: str | Path, records: Sequence[dict[str, Any]]) -> list[dict[st
         if stored_record(dataset.root, record["id"]) is None:
             raise ValueError(f"{dataset.video_dir(record['id'])}: not completely stored; not publishing {record['id']}")
     if dataset.remote:
-        listed = {r["id"]: r for r in dataset.records()}
-        new = [r for r in records if r["id"] not in listed]
-        if new:
-            text = storage.read_text(dataset.manifest_path) if listed or storage.exists(dataset.manifest_path) else ""
-            if text and not text.endswith("\n"):
-                text += "\n"
-            storage.write_text(dataset.manifest_path, text + "".join(_line(r) for r in new))
-        return [listed.get(r["id"], r) for r in records]
+        path = dataset.manifest_path
+        text = storage.read_text(path) if storage.exists(path) else ""
+        listed: dict[str, dict[str, Any]] = {}
+        for record in _parse(text, path):
+            listed.setdefault(record["id"], record)
+        new = []
+        for record in records:
+            if record["id"] not in listed:
+                listed[record["id"]] = record
+                new.append(record)
+        if new:  # one put of the whole manifest: readers see the old one or the new one
+            lead = "\n" if text and not text.endswith("\n") else ""
+            storage.write_text(path, text + lead + "".join(_line(r) for r in new))
+        return [listed[r["id"]] for r in records]
     dataset.root.mkdir(parents=True, exist_ok=True)
     with _flocked(dataset.manifest_path, os.O_RDWR | os.O_APPEND | os.O_CREAT) as fd:
         listed = {r["id"]: r for r in dataset.records()}
