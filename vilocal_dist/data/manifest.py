@@ -120,6 +120,21 @@ class ForgedDataset:
     def video_dir(self, id: str) -> Path | str:
         return storage.join(self.uri, "videos", id) if self.remote else self.root / "videos" / id
 
+    def video_paths(self, record: dict[str, Any]) -> tuple[Path | str, Path | str | None]:
+        """(frames, masks) to open ``record``'s video with (``data.sources.open_source`` / ClipDataset).
+
+        A forged video is its folder (masks inside: None). An imported video names its frame
+        folder or video file and its mask folder or mask video (``frames_path`` / ``masks_path``,
+        relative to the dataset, or absolute where the import referenced files in place).
+        """
+        if "frames_path" in record:
+            return self._under(record["frames_path"]), self._under(record["masks_path"])
+        return self.video_dir(record["id"]), None
+
+    def _under(self, rel: str) -> Path | str:
+        """A path of the manifest (relative to the dataset, or absolute) as a path or URI."""
+        return storage.join(self.uri, rel) if self.remote and not Path(rel).is_absolute() else Path(self.root) / rel
+
     def records(self, split: str | None = None, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Complete videos in manifest order (first record wins for a duplicated id)."""
         if split is not None and split not in SPLITS:
@@ -145,7 +160,10 @@ class ForgedDataset:
         if not self.remote:
             return Path(self.root)
         records = self.records() if records is None else records
-        return storage.local_copy(self.uri, only=[MANIFEST] + [f"videos/{r['id']}" for r in records])
+        only = [MANIFEST]
+        for r in records:  # a forged video's folder, or an imported one's frame and mask paths
+            only += [r[k] for k in ("frames_path", "masks_path") if k in r] or [f"videos/{r['id']}"]
+        return storage.local_copy(self.uri, only=[p for p in only if not Path(p).is_absolute()])
 
     def _read(self) -> list[dict[str, Any]]:
         if self.remote:

@@ -21,7 +21,7 @@ from vilocal_dist import storage
 from vilocal_dist.data.manifest import ForgedDataset, publish, split_for, store_video, stored_record, video_id
 from vilocal_dist.data.sources import VideoSource, load_video, open_source
 from vilocal_dist.errors import InputError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.video.io import resize_frame, resize_mask
 
 Source = str | Path | VideoSource | ComposedVideo
