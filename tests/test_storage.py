@@ -115,3 +115,19 @@ def test_publish_refuses_a_record_whose_objects_are_incomplete(s3, scratch) -> N
     with pytest.raises(ValueError, match="not completely stored"):
         publish(root, [record])
     assert ForgedDataset(root).records() == []
+
+
+def test_imported_records_on_s3_are_cached_by_their_paths(s3, scratch, tmp_path) -> None:
+    root = "s3://bkt/imported"
+    local = tmp_path / "imp"
+    for sub in ("frames/a", "masks/a"):
+        (local / sub).mkdir(parents=True)
+        (local / sub / "00000.png").write_bytes(b"png")
+    record = {**_record("a"), "id": "a__telea", "frames_path": "frames/a", "masks_path": "masks/a"}
+    (local / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    storage.upload_folder(local, root, last=("manifest.jsonl",))
+    dataset = ForgedDataset(root)
+    assert dataset.video_paths(record) == (f"{root}/frames/a", f"{root}/masks/a")
+    copy = ForgedDataset(dataset.local_copy())
+    frames, masks = copy.video_paths(copy.records()[0])
+    assert (Path(frames) / "00000.png").is_file() and (Path(masks) / "00000.png").is_file()
