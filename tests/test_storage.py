@@ -131,3 +131,12 @@ def test_imported_records_on_s3_are_cached_by_their_paths(s3, scratch, tmp_path)
     copy = ForgedDataset(dataset.local_copy())
     frames, masks = copy.video_paths(copy.records()[0])
     assert (Path(frames) / "00000.png").is_file() and (Path(masks) / "00000.png").is_file()
+
+
+def test_publish_takes_imported_records_whose_files_exist(tmp_path) -> None:
+    (tmp_path / "frames" / "a").mkdir(parents=True)
+    record = {**_record("a"), "id": "a__telea", "frames_path": "frames/a", "masks_path": "masks/a"}
+    with pytest.raises(ValueError, match="not completely stored"):
+        publish(tmp_path, [record])  # no masks yet
+    (tmp_path / "masks" / "a").mkdir(parents=True)
+    assert publish(tmp_path, [record]) == [record] and ForgedDataset(tmp_path).records() == [record]

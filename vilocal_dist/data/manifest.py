@@ -301,12 +301,13 @@ def _store_remote(dataset: ForgedDataset, record: dict[str, Any], frames: np.nda
 
 
 def publish(root: str | Path, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Append ``records`` (from ``store_video``) to the manifest; returns each id's record as the
-    manifest now has it (an id already listed keeps its first record). A record whose video is not
-    completely stored raises ValueError: the manifest never lists what is not there."""
+    """Append ``records`` (from ``store_video``, or imported ones naming ``frames_path`` /
+    ``masks_path``) to the manifest; returns each id's record as the manifest now has it (an id
+    already listed keeps its first record). A record whose video is not completely stored raises
+    ValueError: the manifest never lists what is not there."""
     dataset = ForgedDataset(root)
     for record in records:
-        if stored_record(dataset.root, record["id"]) is None:
+        if not _is_stored(dataset, record):
             raise ValueError(f"{dataset.video_dir(record['id'])}: not completely stored; not publishing {record['id']}")
     if dataset.remote:
         path = dataset.manifest_path
@@ -341,6 +342,13 @@ def publish(root: str | Path, records: Sequence[dict[str, Any]]) -> list[dict[st
             listed[record["id"]] = record
             out.append(record)
         return out
+
+
+def _is_stored(dataset: ForgedDataset, record: dict[str, Any]) -> bool:
+    """A forged video: its marker exists. An imported one (``frames_path``): its files exist."""
+    if "frames_path" in record:
+        return all(storage.exists(p) for p in dataset.video_paths(record))
+    return stored_record(dataset.root, record["id"]) is not None
 
 
 def _line(record: dict[str, Any]) -> str:
