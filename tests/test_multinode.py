@@ -40,18 +40,23 @@ class MultiNode:
     """The cluster, the S3 server and the folders of one test module."""
 
     def __init__(self, root: Path) -> None:
-        from ray.cluster_utils import Cluster
-
         self.root = root
         self.scratch = {name: root / f"scratch-{name}" for name in ("head", "a", "b")}
         self.home = root / "home"
+        self.s3: S3Server | None = None
+        self.cluster = None
+        self.previous: dict = {}
+        self.ray_tmp = tempfile.mkdtemp(prefix="vmn-")  # short: Ray's socket paths must fit 107 bytes
+
+    def start(self) -> None:
+        from ray.cluster_utils import Cluster
+
         self.s3 = S3Server()
         self.s3.create_bucket(BUCKET)
         # Every node (and the CLI drivers) inherits these: S3 endpoint, Ray storage, MLflow home.
         self.previous = use_env({**self.s3.env, "VILOCAL_STORAGE": f"s3://{BUCKET}/ray", "VILOCAL_HOME": str(self.home),
                                  "VILOCAL_SCRATCH": str(self.scratch["head"]), "MLFLOW_DISABLE_TELEMETRY": "true"})
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        self.ray_tmp = tempfile.mkdtemp(prefix="vmn-")  # short: Ray's socket paths must fit 107 bytes
+        self.previous["MLFLOW_TRACKING_URI"] = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the local store
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "include_dashboard": True, "dashboard_port": free_port(), "temp_dir": self.ray_tmp,
             "env_vars": {"VILOCAL_SCRATCH": str(self.scratch["head"])},
@@ -66,11 +71,14 @@ class MultiNode:
         self.address = self.cluster.address
 
     def close(self) -> None:
+        """Stop whatever ``start`` got to start (also after it failed halfway)."""
         import ray
 
         ray.shutdown()
-        self.cluster.shutdown()
-        self.s3.close()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+        if self.s3 is not None:
+            self.s3.close()
         restore_env(self.previous)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
@@ -106,6 +114,7 @@ def mn(tmp_path_factory):
         ray.shutdown()
     cluster = MultiNode(tmp_path_factory.mktemp("multinode"))
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.close()
