@@ -191,12 +191,13 @@ def run(args: argparse.Namespace) -> int:
     lambda_table = None
     if args.auto_lambda:
         from vilocal_dist.distributed.auto_lambda import auto_lambda
+        from vilocal_dist.console import tune_verbosity
         from vilocal_dist.distributed.tuning import init_ray
 
         init_ray(address=os.environ.get("RAY_ADDRESS"))
         result, lambda_table = auto_lambda(
             frames, masks, num_samples=args.lambda_samples, base_cfg=cfg, method=args.method, seed=args.seed,
-            verbose=0 if args.quiet else 1,
+            verbose=0 if args.quiet else tune_verbosity(),
         )
     else:
         result = method(frames, masks, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)

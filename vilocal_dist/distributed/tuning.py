@@ -45,16 +45,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     Ray is already up. The dashboard stays on: Ray Train inside Tune needs its State API."""
     import ray
 
+    from vilocal_dist.console import after_ray_init, ray_init_options
+
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     ray.init(
-        address=address,
+        # "local": a fresh local Ray; never one that someone else's `ray start` left on this machine.
+        address=address or "local",
         num_cpus=num_cpus if not address else None,
         include_dashboard=True,
         # Attaching to a cluster (e.g. inside `ray job submit`) the job's own runtime env applies;
         # Ray refuses to merge a second one that sets the same variables.
         runtime_env=None if address else {"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
+        **ray_init_options(),
     )
+    after_ray_init()
 
 
 def driver_env() -> dict[str, str]:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from vilocal_dist import __version__, storage
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
-from vilocal_dist.engines.evaluate import cached, load_detector, predict_probs
+from vilocal_dist.engines.evaluate import cached, load_detector, model_reference, predict_probs
 from vilocal_dist.engines.overlay import red_overlay
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.video.io import list_image_files, replace_dir, resize_frame, write_video
@@ -184,7 +184,7 @@ def detect_video(
         "frames": len(per_frame),
         "height": source.height,
         "width": source.width,
-        "model": storage.normalize(checkpoint),
+        "model": model_reference(checkpoint),
         "model_name": ckpt["model_name"],
         "model_config": ckpt["model_config"],
         "train_config": train_cfg,
