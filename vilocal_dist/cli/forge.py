@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vilocal_dist.cli.args import parse_size
+from vilocal_dist.config import apply_sets, parse_sets
 from vilocal_dist.errors import ConfigError
 
 
@@ -26,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  vilocal forge --composed 8 --frames 12 --size 64x112 --methods telea,flowprop --out runs/forged\n"
             "  vilocal forge --sources /data/DAVIS --methods iivi,telea --out forged --gpus-per-trial 0.25 \\\n"
-            "      --set iivi.iters_recon=20000 --set iivi.iters_reg=10000"
+            "      --set iivi.iters_recon=20000 --set iivi.iters_reg=10000\n"
+            "  vilocal forge --composed 4 --methods command --out forged \\\n"
+            "      --set \"command.template=python /opt/fill.py {frames_dir} {masks_dir} {out_dir}\"\n\n"
+            "Methods: see `vilocal inpaint --method list`; `command` runs an external program per video,\n"
+            "and installed plugins (entry point group vilocal_dist.inpaint_methods) work like built-ins."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,21 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["iivi.preset=tiny"]`` -> ``{"iivi": {"preset": "tiny"}}``."""
-    from vilocal_dist.engines.config import parse_overrides
-
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_overrides(items).items():
-        method, sep, option = key.partition(".")
-        if not sep or not option:
+    """``["iivi.preset=tiny"]`` -> ``{"iivi": {"preset": "tiny"}}`` (the shared ``--set`` syntax)."""
+    sets = parse_sets(items)
+    for key in sets:
+        if "." not in key:
             raise ConfigError(f"--set {key}=…: write METHOD.KEY=VALUE (e.g. iivi.preset=tiny)")
-        out.setdefault(method, {})[option] = value
-    return out
+    return apply_sets({}, sets)
 
 
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
     from vilocal_dist.tracking.setup import ui_command
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -1,7 +1,7 @@
 """What the four protocols share: config files, the forged dataset, trained models, Ray tasks.
 
 A protocol's config is a YAML mapping (``sweeps/experiments/NAME.yaml``; the tiny variant
-``NAME-tiny.yaml`` is merged over it) plus ``--set a.b=value`` overrides. Sections every
+``NAME-tiny.yaml`` is merged over it) plus ``--set a.b=value`` overrides (``vilocal_dist.config``). Sections every
 training protocol shares:
 
 * ``data`` (:class:`DataSpec`): which source videos are forged, at what size, and the split;
@@ -19,9 +19,7 @@ after an interruption redoes only what is missing::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -30,73 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
+from vilocal_dist.config import check_keys, from_mapping
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-#: Where the protocol YAMLs live in a checkout.
-SPEC_DIR = REPO_ROOT / "sweeps" / "experiments"
+#: Where the sweep and protocol YAMLs live in a checkout (look them up with :func:`spec_file`).
+SPEC_ROOT = REPO_ROOT / "sweeps"
 
 
 # ----------------------------------------------------------------------------- config files
 
 
-def check_keys(d: Any, allowed: Sequence[str], where: str, source: str | Path | None) -> dict[str, Any]:
-    """``d`` as a dict whose keys are all in ``allowed``; else a ConfigError naming the closest key."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(d).__name__}", source)
-    for key in d:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            name = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"unknown key {name!r}{hint}; known: {', '.join(allowed)}", source)
-    return dict(d)
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read experiment config ({exc.strerror})", path) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML ({exc})", path) from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError("an experiment config must be a mapping of key: value", path)
-    return dict(loaded)
-
-
-def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.stage1_epochs": 2, "codecs": ["x264"]}`` over ``cfg`` (dotted keys reach into sections)."""
-    out = copy.deepcopy(dict(cfg))
-    for dotted, value in overrides.items():
-        keys = dotted.split(".")
-        node = out
-        for key in keys[:-1]:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {key!r} is not a section (it holds {child!r})")
-            node = child
-        node[keys[-1]] = value
-    return out
+def spec_file(relative: str | Path) -> Path:
+    """A spec shipped with the project, by its path under ``sweeps/`` (e.g. ``experiments/NAME.yaml``,
+    ``demo.yaml``): the one place that knows where specs live."""
+    return SPEC_ROOT / relative
 
 
 def config_hash(obj: Any) -> str:
@@ -113,31 +61,15 @@ def workdir_of(cfg: Mapping[str, Any]) -> Path:
     return path
 
 
-def from_mapping(cls: type, d: Mapping[str, Any] | None, where: str, source: str | Path | None) -> Any:
-    """A frozen config dataclass from a mapping; unknown keys and wrong types are ConfigErrors."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    d = check_keys(d or {}, names, where, source)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in d.items():
-        default = defaults[key]
-        if isinstance(default, tuple):
-            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif type(value) is not type(default):
-            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}", source)
-        values[key] = value
-    return cls(**values)
-
-
 # ----------------------------------------------------------------------------- data
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The videos a protocol forges and how they are split (``data:`` section)."""
+    """The videos a protocol forges and how they are split (``data:`` section), or an existing
+    dataset (``dataset:``, e.g. from ``vilocal data import``) used as it is instead."""
 
+    dataset: str = ""  # a forged or imported dataset folder: nothing is forged, the keys below are unused
     sources: tuple[str, ...] = ()  # "davis" (the shared root), DAVIS roots (every sequence), folders, videos
     composed: int = 0  # plus N built-in composed videos (seeds seed … seed+N-1)
     frames: int = 24  # frames per composed video
@@ -156,8 +88,8 @@ class DataSpec:
         spec = from_mapping(cls, d, "data", source)
         if spec.composed < 0 or spec.frames < 1 or spec.size_h < 16 or spec.size_w < 16:
             raise ConfigError("data: composed ≥ 0, frames ≥ 1 and a size of at least 16×16 are needed", source)
-        if not spec.sources and spec.composed == 0:
-            raise ConfigError("data: give sources: [...] and/or composed: N", source)
+        if not spec.sources and spec.composed == 0 and not spec.dataset:
+            raise ConfigError("data: give sources: [...] and/or composed: N, or dataset: FOLDER", source)
         if not 0.0 < spec.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {spec.test_fraction}", source)
         return spec
@@ -175,20 +107,26 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
     return [str(davis_root()) if spec == "davis" else spec for spec in specs]
 
 
-def forge_dataset(
-    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
-) -> Path:
-    """Forge every source with every method (Tune fan-out, one trial per video × method) into a
-    folder keyed by what it contains; complete videos are never redone. Returns the folder."""
+def forge_videos(
+    out: Path, data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], *,
+    hold_out_last: bool = False,
+) -> Any:
+    """Forge every source with every method into ``out`` (Tune fan-out, one trial per video ×
+    method; complete videos are never redone); returns the ForgeSummary. The test split is a
+    hash of each source video's name, or with ``hold_out_last`` its last ``test_fraction`` of
+    videos (a hash split of a handful of videos can leave one split empty)."""
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
 
     cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
-    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
     size = (data.size_h, data.size_w)
     videos = expand_sources(resolve_sources(data.sources), composed=data.composed, frames=data.frames, size=size,
                             seed=data.seed)
     jobs = plan_jobs(videos, list(methods), method_cfgs={m: c for m, c in cfgs.items() if c},
                      test_fraction=data.test_fraction, seed=data.seed)
+    if hold_out_last:
+        test_videos = {name for name, _ in videos[-max(1, round(len(videos) * data.test_fraction)):]}
+        for job in jobs:
+            job["split"] = "test" if job["video"] in test_videos else "train"
     splits = {job["split"] for job in jobs}
     if splits != {"train", "test"}:
         raise ConfigError(f"data: every source video landed in the {splits.pop()} split; add videos or change "
@@ -199,10 +137,35 @@ def forge_dataset(
         max_frames=data.max_frames, cpus_per_trial=data.cpus_per_trial, gpus_per_trial=data.gpus_per_trial,
         max_concurrent=data.max_concurrent, retries=data.retries,
     )
-    summary = forge(jobs, opts)
+    return forge(jobs, opts)
+
+
+def forge_dataset(
+    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
+) -> Path:
+    """:func:`forge_videos` into a folder keyed by what it contains, so protocols share it; a
+    failed video is an error (rerun to retry it). Returns the folder. With ``data.dataset`` that
+    dataset is returned instead, once it holds every method in both splits."""
+    if data.dataset:
+        return existing_dataset(Path(data.dataset).expanduser(), methods)
+    cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
+    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
+    summary = forge_videos(out, data, methods, method_cfgs)
     if summary.failed:
         raise InputError(f"forging failed for {', '.join(summary.failed)}; rerun the experiment to retry them", out)
     return out
+
+
+def existing_dataset(root: Path, methods: Sequence[str]) -> Path:
+    """``root`` if its manifest has train and test videos of every method in ``methods``."""
+    from vilocal_dist.data.manifest import ForgedDataset
+
+    dataset = ForgedDataset(root)
+    lacking = [f"{m} ({split})" for m in methods for split in ("train", "test") if not dataset.records(split=split, methods=[m])]
+    if lacking:
+        known = sorted({r["method"] for r in dataset.records()})
+        raise ConfigError(f"data.dataset {root}: no videos of {', '.join(lacking)}; its methods are {known}")
+    return root.resolve()
 
 
 def manifest_sha256(data: Path) -> str:
@@ -362,16 +325,19 @@ class Setup:
     eval: EvalSpec
 
 
-def method_list(value: Any, where: str, source: str | Path | None, *, known: Sequence[str] | None = None) -> tuple[str, ...]:
-    """A non-empty list of distinct registered inpainting methods (and within ``known`` if given)."""
-    from vilocal_dist.inpaint.base import get_method
+def method_list(value: Any, where: str, source: str | Path | None, *, known: Sequence[str] | None = None,
+                registered: bool = True) -> tuple[str, ...]:
+    """A non-empty list of distinct inpainting methods: registered ones unless ``registered`` is
+    False (an existing dataset's, e.g. an imported one's), and within ``known`` if given."""
+    from vilocal_dist.inpaint.registry import get_method
 
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value):
         raise ConfigError(f"{where} must be a non-empty list of distinct method names, got {value!r}", source)
     for name in value:
-        get_method(str(name))  # unknown names fail here, with a suggestion
+        if registered and known is None:  # ``known`` names were checked when they were parsed
+            get_method(str(name))  # unknown names fail here, with a suggestion
         if known is not None and name not in known:
             raise ConfigError(f"{where}: {name!r} is not among the forged methods {list(known)}", source)
     return tuple(str(v) for v in value)
@@ -379,7 +345,7 @@ def method_list(value: Any, where: str, source: str | Path | None, *, known: Seq
 
 def check_method_cfg(method: str, cfg: Any, where: str, source: str | Path | None) -> dict[str, Any]:
     """``cfg`` (a mapping of ``method``'s options) checked by the method itself, before any forging."""
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
 
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where} must be a mapping of {method}'s options, got {cfg!r}", source)
@@ -394,7 +360,9 @@ def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     """Validate the shared sections of a training protocol's config."""
     from vilocal_dist.engines.config import TrainConfig
 
-    methods = method_list(raw.get("methods"), "methods", source)
+    data = DataSpec.from_dict(raw.get("data"), source)
+    # An existing dataset's methods need not be ones this package can run (e.g. imported VI/OP/CP).
+    methods = method_list(raw.get("methods"), "methods", source, registered=not data.dataset)
     cfgs = raw.get("method_cfgs") or {}
     check_keys(cfgs, methods, "method_cfgs", source)
     cfgs = {m: check_method_cfg(m, c, f"method_cfgs.{m}", source) for m, c in cfgs.items()}
@@ -406,7 +374,7 @@ def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     except ConfigError as exc:  # name the section and the file (range checks know neither)
         raise ConfigError(f"train: {exc.problem}", source) from None
     return Setup(
-        data=DataSpec.from_dict(raw.get("data"), source),
+        data=data,
         methods=methods,
         method_cfgs=cfgs,
         train=train,
