@@ -24,8 +24,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,51 @@ def sliding_windows(frames: Iterable[Any], clip_len: int = CLIP_LEN) -> Iterator
         yield t, [held[i] for i in index]
         held.pop(t - half, None)  # never needed again: later windows start at t + 1 - half
         t += 1
+
+
+def in_background(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``items`` in a worker thread, at most ``depth`` items ahead of the consumer.
+
+    The stages of detection (decode, model, PNG and video writing) spend their time in C code that
+    releases the GIL, so each stage in its own thread keeps the others busy; the bounded queue keeps
+    memory flat in the video's length. An error in the worker is raised in the consumer; a consumer
+    that stops early (an error downstream) stops the worker.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((None, item)):
+                    return
+            put((None, done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((exc, None))
+
+    thread = threading.Thread(target=work, name="detect-stage", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = q.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -148,21 +195,25 @@ def detect_video(
         if batch:
             yield batch
 
-    def overlay_frames() -> Iterator[np.ndarray]:
-        """Run the model batch by batch; write maps and masks; yield overlay frames for the encoder."""
-        for batch in batches():
+    def predictions() -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+        """``(t, native frame, probability map at model size)`` per frame, batch by batch."""
+        for batch in in_background(batches(), depth=2):  # decoding and resizing in their own thread
             clips = np.stack([np.stack([small for _, small in window]) for _, window in batch])  # B×T×h×w×3
             clip = rearrange(torch.from_numpy(clips), "b t h w c -> b c t h w").float().div(255).to(device)
             probs = predict_probs(model, clip)
             for (t, window), prob in zip(batch, probs):
-                native = window[CLIP_LEN // 2][0]
-                prob = F.interpolate(prob[None], size=native.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-                prob = prob.clamp(0, 1).cpu().numpy()
-                mask = prob > threshold
-                _write_png(tmp / "probs" / f"{t:05d}.png", np.round(prob * 255).astype(np.uint8))
-                _write_png(tmp / "masks" / f"{t:05d}.png", mask.astype(np.uint8) * 255)
-                per_frame.append({"frame": t, "forged_fraction": float(mask.mean()), "p99": float(np.quantile(prob, 0.99))})
-                yield red_overlay(native, mask)
+                yield t, window[CLIP_LEN // 2][0], prob
+
+    def overlay_frames() -> Iterator[np.ndarray]:
+        """Write maps and masks; yield overlay frames for the encoder. The model runs one stage ahead."""
+        for t, native, prob in in_background(predictions(), depth=2 * batch_size):
+            prob = F.interpolate(prob[None], size=native.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            prob = prob.clamp(0, 1).cpu().numpy()
+            mask = prob > threshold
+            _write_png(tmp / "probs" / f"{t:05d}.png", np.round(prob * 255).astype(np.uint8))
+            _write_png(tmp / "masks" / f"{t:05d}.png", mask.astype(np.uint8) * 255)
+            per_frame.append({"frame": t, "forged_fraction": float(mask.mean()), "p99": float(np.quantile(prob, 0.99))})
+            yield red_overlay(native, mask)
 
     fps = source.info.fps if isinstance(source, PathSource) and source.info.fps else 25
     frames_iter = tqdm(overlay_frames(), total=source.num_frames, desc="detect", unit="frame", disable=not progress)
