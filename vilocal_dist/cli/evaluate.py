@@ -36,13 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.cli import checks
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
     from vilocal_dist.errors import ConfigError
 
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    result = evaluate_checkpoint(args.model, args.data, split=args.split, methods=methods, size=args.size,
+    data = checks.input_path(args.data, "--data", must_exist=False)
+    result = evaluate_checkpoint(args.model, data, split=args.split, methods=methods, size=args.size,
                                  threshold=args.threshold, batch_size=max(1, args.batch_size), progress=not args.json)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("spec", metavar="SPEC.yaml", help="sweep spec (see sweeps/)")
+    p.add_argument("spec", metavar="SPEC.yaml", help="sweep spec: a file, or the name of a shipped one (demo.yaml, "
+                                                      "vilocal-focal, …; see sweeps/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, dotted and repeatable (num_samples=4, base.stage1_epochs=1, "
                         "search_space.tau.high=0.3); in a multi-sweep file prefix a sub-sweep name to target one")  # fmt: skip
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this sub-sweep, by key or name (repeatable)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop this session after N finished trials (resume later with --resume)")  # fmt: skip
+    p.add_argument("--gpus-per-trial", type=float, default=None, metavar="F",
+                   help="GPUs per trial of the per-video inpainting sweeps (overrides resources.gpus_per_trial)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     p.set_defaults(func=run)
@@ -69,16 +72,23 @@ def check_train_data(specs: list[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.cli import checks
     from vilocal_dist.distributed.spec import load_specs
     from vilocal_dist.distributed.sweep import run_spec_file
     from vilocal_dist.distributed.tuning import init_ray
     from vilocal_dist.engines.config import parse_overrides
+    from vilocal_dist.paths import resolve_spec
     from vilocal_dist.tracking.setup import ui_command
 
+    spec_path = resolve_spec(args.spec)
     overrides = parse_overrides(args.overrides)
-    check_train_data(load_specs(args.spec, overrides, args.only))  # every sub-sweep validated before Ray starts
+    overrides.update(checks.sweep_gpu_overrides(spec_path, load_specs(spec_path, overrides, args.only), args.gpus_per_trial))
+    specs = load_specs(spec_path, overrides, args.only)
+    check_train_data(specs)  # every sub-sweep validated before Ray starts
+    checks.sweep_inputs(specs)
     init_ray(args.address, args.num_cpus)
-    outcomes = run_spec_file(args.spec, overrides, resume=args.resume, only=args.only, stop_after=args.stop_after)
+    checks.sweep_resources(specs)  # a trial no node can ever host fails now, not after a hang
+    outcomes = run_spec_file(spec_path, overrides, resume=args.resume, only=args.only, stop_after=args.stop_after)
     for o in outcomes:
         state = "complete" if o.complete else "interrupted (continue with --resume)"
         print(f"sweep {o.name}: {len(o.rows)} trials, {state}; results in {o.path}")

@@ -178,7 +178,7 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
         # itself is the checkpoint: finished videos are skipped inside forge_video). The restored
         # experiment brings its own callbacks (the MLflow logger of the same parent run).
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial)
+    concurrency = default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs), "opts": asdict(opts)},

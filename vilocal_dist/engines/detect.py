@@ -37,6 +37,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from vilocal_dist import __version__
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
 from vilocal_dist.engines.evaluate import load_detector, predict_probs
@@ -106,7 +107,7 @@ def detect_video(
     """Write probability maps, masks, overlay video and report.json for ``video``; returns the report."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))
     ckpt, model, size = load_detector(checkpoint, device, size)
     model.eval()
     train_cfg = ckpt["train_config"]

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import ClipDataset
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
@@ -90,7 +91,7 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))
     ckpt, model, size = load_detector(checkpoint, device, size)
     records = ForgedDataset(data).records(split=split, methods=list(methods) if methods else None)
     if not records:

@@ -33,12 +33,12 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.paths import REPO_ROOT
+from vilocal_dist.paths import spec_dir
 
 log = logging.getLogger(__name__)
 
-#: Where the protocol YAMLs live in a checkout.
-SPEC_DIR = REPO_ROOT / "sweeps" / "experiments"
+#: Where the protocol YAMLs live (package data: there in a checkout and in an installed package).
+SPEC_DIR = spec_dir() / "experiments"
 
 
 # ----------------------------------------------------------------------------- config files

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vilocal_dist.paths import REPO_ROOT
+from vilocal_dist.paths import resolve_spec
 
 DEMO_EXPERIMENT = "vilocal-demo"
 
@@ -127,6 +127,18 @@ def _train(preset: DemoPreset, data: Path, run_name: str) -> list[Any]:
     return train("both", cfg, data, run_name=run_name, methods=list(preset.train_methods), workers=preset.workers)
 
 
+def _fit_workers(preset: DemoPreset) -> DemoPreset:
+    """The preset's Train workers cut to what the cluster can provide (a 1-GPU machine trains on
+    one GPU worker rather than waiting forever for a second GPU)."""
+    from vilocal_dist.distributed.resources import cluster_capacity, default_workers
+
+    cap = cluster_capacity()
+    workers = default_workers(preset.workers, cap.has_gpus, 1.0, cap)
+    if workers != preset.workers:
+        print(f"Train workers: {workers} instead of {preset.workers} ({cap.describe()})", flush=True)
+    return replace(preset, workers=workers)
+
+
 def _evaluate(preset: DemoPreset, checkpoint: str, data: Path) -> list[dict[str, Any]]:
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
 
@@ -158,7 +170,7 @@ def _evaluate(preset: DemoPreset, checkpoint: str, data: Path) -> list[dict[str,
 def _sweep(preset: DemoPreset) -> list[Any]:
     from vilocal_dist.distributed.sweep import run_spec_file
 
-    spec = REPO_ROOT / "sweeps" / "demo.yaml"
+    spec = resolve_spec("demo.yaml")
     overrides = {"num_samples": preset.sweep_samples}
     if preset.sweep == "lambda":
         overrides.update({"data.frames": min(preset.frames, 6), "base.iters_recon": 30, "base.iters_reg": 30})
@@ -196,6 +208,7 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
         # logical CPUs for the trainer's workers + a Tune driver (on 2 cores they time-share).
         init_ray(address=os.environ.get("RAY_ADDRESS"), num_cpus=max(os.cpu_count() or 2, preset.workers + 2))
         print(f"Ray resources: {ray.cluster_resources()}", flush=True)
+        preset = _fit_workers(preset)
         # Each stage opens its own MLflow runs (forge/sweep parents, train stages); MLflow allows one
         # active run per process, so the demo's own summary run is written after them.
         t = time.perf_counter()

@@ -70,7 +70,7 @@ def spec_paths(name: str, tiny: bool) -> list[Path]:
     paths = [SPEC_DIR / f"{name}.yaml"] + ([SPEC_DIR / f"{name}{TINY_SUFFIX}.yaml"] if tiny else [])
     for path in paths:
         if not path.is_file():
-            raise ConfigError("experiment config not found (run from a checkout, or pass --config)", path)
+            raise ConfigError("experiment config not found (is the package installed with its data?)", path)
     return paths
 
 

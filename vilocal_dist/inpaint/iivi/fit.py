@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.base import InpaintResult, check_inputs, composite, register_method
 from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
-from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
+from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
 
 CKPT_NAME = "iivi_state.pt"
@@ -95,7 +96,7 @@ def fit_one_video(
     cfg = cfg if isinstance(cfg, IIVIConfig) else IIVIConfig.from_dict(cfg)
     if gt_frames is not None and gt_frames.shape != frames.shape:
         raise ValueError(f"gt_frames shape {gt_frames.shape} differs from frames {frames.shape}")
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     small, small_masks = to_working_size(frames, masks, cfg)
     holes = dilate_masks(small_masks, cfg.dilate)
     holdout = holdout_masks(holes, cfg.holdout, seed)
