@@ -273,3 +273,29 @@ def test_job_uploads_leave_outputs_and_environments_behind() -> None:
     # `ray job submit --working-dir .` honours .gitignore.
     ignored = {line.strip() for line in (REPO_ROOT / ".gitignore").read_text().splitlines()}
     assert {"runs/", "venv/", ".venv/", "dist/"} <= ignored
+
+
+def declared_node_types(env: dict[str, str]) -> dict[str, tuple[float, float, int]]:
+    from vilocal_dist.distributed.resources import NODE_TYPES_ENV, node_types_from_config
+
+    types = node_types_from_config({"available_node_types": json.loads(env[NODE_TYPES_ENV])})
+    return {t.name: (t.cpus, t.gpus, t.max_count) for t in types}
+
+
+def worker_groups(spec: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
+    out = {}
+    for group in spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        out[group["groupName"]] = (float(limits["cpu"]), float(limits.get("nvidia.com/gpu", 0)), group["maxReplicas"])
+    return out
+
+
+def test_kuberay_declares_the_node_types_its_autoscaler_may_start() -> None:
+    """KubeRay's autoscaler reads the worker groups from Kubernetes, out of the driver's sight:
+    VILOCAL_NODE_TYPES tells `--use-gpu auto` and the GPU checks, and must match the groups."""
+    cluster = by_kind(KUBERAY / "raycluster.yaml")["RayCluster"]["spec"]
+    head_env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert declared_node_types(head_env) == worker_groups(cluster)
+    job = by_kind(KUBERAY / "rayjob.yaml")["RayJob"]["spec"]
+    job_env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]
+    assert declared_node_types(job_env) == worker_groups(job["rayClusterSpec"])

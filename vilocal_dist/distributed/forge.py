@@ -207,6 +207,7 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         log.info("forge: all %d videos already complete in %s; nothing to do", len(jobs), opts.out)
         return summary
     init_ray(address, num_cpus)
+    default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)  # impossible: fail before any record
     name = f"forge-{_plan_hash(opts.out, jobs, opts)}"
     path = experiment_path(name)
     resume = can_resume(path)

@@ -10,9 +10,12 @@ exposes the node types in two places, read in this order:
 2. the autoscaling config of this cluster's autoscaler (``available_node_types``), read from the
    file its monitor process was started with (``--autoscaling-config``; ``ray up`` heads use
    ``~/ray_bootstrap_config.yaml``). The monitor runs on the head, where ``ray job submit`` runs
-   the driver, and is matched to this cluster by its GCS address.
+   the driver, and is matched to this cluster by its GCS address;
+3. ``$VILOCAL_NODE_TYPES``: the same ``available_node_types`` mapping as JSON, for autoscalers
+   whose config the driver cannot see (KubeRay's runs in its own container and reads the
+   RayCluster from Kubernetes; cluster/kuberay sets it to match the worker groups).
 
-Neither found: the cluster is taken to be fixed-size, and a request that does not fit what is up
+None found: the cluster is taken to be fixed-size, and a request that does not fit what is up
 can never be met. Such requests fail here, in the driver, within seconds, as one line naming the
 flag and what the cluster has (``ConfigError``: exit 2), instead of a Ray Train worker group or
 a Tune trial waiting forever for resources.
@@ -20,8 +23,10 @@ a Tune trial waiting forever for resources.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: ``--use-gpu`` choices.
 USE_GPU = ("auto", "yes", "no")
+#: Node types (JSON, as ``available_node_types``) where Ray does not show them to the driver.
+NODE_TYPES_ENV = "VILOCAL_NODE_TYPES"
 #: Stand-in count for node groups without an upper bound.
 UNBOUNDED = 10**6
 
@@ -104,9 +111,13 @@ def cluster_capacity() -> Capacity:
     nodes = tuple(
         (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")
     )
-    for source, reader in (("GCS cluster config", _gcs_node_types), ("autoscaling config", _monitor_node_types)):
+    readers = (("GCS cluster config", _gcs_node_types), ("autoscaling config", _monitor_node_types),
+               (f"${NODE_TYPES_ENV}", _env_node_types))
+    for source, reader in readers:
         try:
             types = reader()
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - an unreadable source is a missing one
             log.debug("could not read node types from the %s: %s", source, exc)
             types = None
@@ -132,6 +143,18 @@ def _monitor_node_types() -> list[NodeType] | None:
     """Worker node types from the autoscaling config of this cluster's monitor, if it runs here."""
     path = autoscaling_config_path()
     return None if path is None else node_types_from_config(_read_yaml(path))
+
+
+def _env_node_types() -> list[NodeType] | None:
+    text = os.environ.get(NODE_TYPES_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        types = json.loads(text)
+        return node_types_from_config({"available_node_types": types})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"${NODE_TYPES_ENV} must be a JSON mapping like "
+                          f'{{"gpu": {{"resources": {{"CPU": 8, "GPU": 1}}, "max_workers": 4}}}} ({exc})') from exc
 
 
 def autoscaling_config_path() -> Path | None:
