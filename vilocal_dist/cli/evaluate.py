@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from vilocal_dist.cli.args import parse_size
 
@@ -24,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, metavar="CKPT", help="stage-2 checkpoint (folder or model.pt)")
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder")
+    p.add_argument("--data", required=True, metavar="DIR", help="forged dataset folder")
     p.add_argument("--split", choices=("train", "test"), default="test", help="split to score (default test)")
     p.add_argument("--methods", default=None, help="only these inpainting methods (comma-separated)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", choices=STAGES, default="both",
                    help="1, 2 (needs --encoder), both (stage 2 from stage 1's best checkpoint; default) or joint "
                         "(no contrastive stage: encoder + decoder trained together with the focal loss only)")
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder (manifest.jsonl)")
+    p.add_argument("--data", required=True, metavar="DIR", help="forged dataset folder (manifest.jsonl)")
     p.add_argument("--methods", default=None, help="train on these inpainting methods only (comma-separated)")
     p.add_argument("--preset", default=None, help="model preset: vilocal (paper), vilocal_small, vilocal_tiny")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes), default 1")
