@@ -252,6 +252,20 @@ def test_dockerfile_builds_on_the_pinned_ray_image() -> None:
     assert f":{IMAGE_TAG} " in text, "the documented build tag must be the one the manifests use"
 
 
+def test_dockerfile_installs_the_package_non_editable_with_its_data() -> None:
+    """The image's install is the one tests/test_install.py runs: `pip install <src>`, no -e, and
+    the specs come along inside vilocal_dist/ (the build context admits nothing else)."""
+    text = (CLUSTER / "Dockerfile").read_text()
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all(" -e " not in line and "--editable" not in line for line in installs)
+    assert "COPY --chown=1000:100 vilocal_dist /home/ray/src/vilocal_dist/vilocal_dist" in text
+    data = pyproject()["tool"]["setuptools"]["package-data"]["vilocal_dist"]
+    package = REPO_ROOT / "vilocal_dist"
+    shipped = {p for p in (package / "sweeps").rglob("*") if p.is_file() and p.suffix in (".yaml", ".md")}
+    covered = {p for pattern in data for p in package.glob(pattern)}  # setuptools globs recursively too
+    assert shipped and shipped <= covered, sorted(map(str, shipped - covered))
+
+
 def test_readme_and_manifests_name_registered_subcommands() -> None:
     from vilocal_dist.cli.main import SUBCOMMANDS
 

@@ -31,7 +31,7 @@ from vilocal_dist.paths import REPO_ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 INSTALL_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 1500  # generous: CI machines are shared; the report gives measured times
 
 
 def tracked_copy(dest: Path) -> Path:

@@ -122,10 +122,11 @@ def gpu_cluster(tmp_path_factory) -> Iterator[str]:
 
     if ray.is_initialized():
         ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="vres-", dir="/tmp")  # short: Ray's socket paths live below it
     with ray_auth(secrets.token_hex(32)):
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={
             "num_cpus": 2, "num_gpus": 0, "include_dashboard": True, "dashboard_port": free_ports(1)[0],
-            "temp_dir": tempfile.mkdtemp(prefix="vres-", dir="/tmp")})  # fmt: skip
+            "temp_dir": temp_dir})  # fmt: skip
         try:
             cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 1})
             cluster.wait_for_nodes()
@@ -134,6 +135,7 @@ def gpu_cluster(tmp_path_factory) -> Iterator[str]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.ray
@@ -233,12 +235,14 @@ def test_gpu_sweep_on_a_gpu_less_cluster_fails_fast(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("VILOCAL_HOME", str(tmp_path / "home"))
     if ray.is_initialized():
         ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="vres-", dir="/tmp")
     with ray_auth(secrets.token_hex(32)):
-        ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="vres-", dir="/tmp"))
+        ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, _temp_dir=temp_dir)
         try:
             code, lines, seconds = _cli(["sweep", "inpaint-regularizers.yaml", "--set", "data.composed=1"], capsys)
         finally:
             ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
     assert code == 2 and "resources.gpus_per_trial 0.5: the cluster has no GPU and cannot start one" in lines[-1], lines
     assert seconds < FAST_S
 
@@ -349,7 +353,8 @@ def test_cuda_trial_uses_its_assigned_gpu_and_cpu_trial_the_cpu(tmp_path):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="vgpu-", dir="/tmp"))
+    temp_dir = tempfile.mkdtemp(prefix="vgpu-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
     try:
         @ray.remote
         def run() -> tuple[str, str]:
@@ -361,4 +366,5 @@ def test_cuda_trial_uses_its_assigned_gpu_and_cpu_trial_the_cpu(tmp_path):
         cpu = ray.get(run.options(num_gpus=0).remote(), timeout=120)
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert gpu == ("cuda:0", "cuda:0") and cpu == ("cpu", "cpu")
