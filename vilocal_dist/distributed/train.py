@@ -132,10 +132,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 
 def _ensure_ray() -> None:
-    import ray
+    from vilocal_dist.distributed.tuning import init_ray
 
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (a cluster) when set, else a local one
+    init_ray()  # RAY_ADDRESS (a cluster) when set, else a local one; no-op when Ray is up
 
 
 def scaling(workers: int, use_gpu: bool | str, gpus_per_worker: float = 1.0) -> tuple[bool, Any]:

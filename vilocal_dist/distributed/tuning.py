@@ -59,7 +59,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if not address:
         local_auth_token()
     ray.init(
-        address=address,
+        # "local": a fresh Ray of its own. Without it ray.init() joins any head that `ray start`
+        # left on this machine (someone else's, with another token).
+        address=address or "local",
         num_cpus=num_cpus if not address else None,
         include_dashboard=True,
         # Attaching to a cluster (e.g. inside `ray job submit`) the job's own runtime env applies;
