@@ -33,7 +33,7 @@ from vilocal_dist.engines.checkpoint import checkpoint_dict, save_checkpoint
 from vilocal_dist.engines.config import TrainConfig
 from vilocal_dist.engines.datasets import training_datasets
 from vilocal_dist.errors import InputError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.losses import focal_loss, pixel_contrastive_loss
 from vilocal_dist.models import create_model
 from vilocal_dist.paths import spec_dir

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import get_method, list_methods
+from vilocal_dist.inpaint.registry import get_method, list_methods
 from vilocal_dist.inpaint.flow import FlowCache, complete_flow, dis_flow, fb_consistent, warp
 from vilocal_dist.inpaint.metrics import psnr
 

@@ -177,10 +177,9 @@ def test_method_checkpoints_survive_a_failed_attempt_and_go_once_published(tmp_p
     """forge_video's workdir: a retry finds the checkpoint the failed attempt left; once the video
     is in the dataset the workdir is removed."""
     from vilocal_dist.engines.forge import forge_video
-    from vilocal_dist.inpaint import base
-    from vilocal_dist.inpaint.base import InpaintResult, get_method
+    from vilocal_dist.inpaint import registry
+    from vilocal_dist.inpaint.base import InpaintResult
 
-    get_method("telea")  # loads the built-in registry before the test method joins it
     seen: list[bool] = []
 
     def checkpointing(frames, masks, cfg=None, *, seed=0, progress=True, workdir=None):
@@ -192,7 +191,7 @@ def test_method_checkpoints_survive_a_failed_attempt_and_go_once_published(tmp_p
             raise RuntimeError("worker lost mid-fit")
         return InpaintResult(frames=np.where(masks[..., None], 0, frames).astype(np.uint8), config={})
 
-    monkeypatch.setitem(base._REGISTRY, "ckpt-test", checkpointing)
+    monkeypatch.setitem(registry.BUILTIN, "ckpt-test", checkpointing)
     with pytest.raises(RuntimeError, match="mid-fit"):
         forge_video("composed:3:4:32x48", "ckpt-test", tmp_path, split="train")
     assert (tmp_path / ".work" / "composed-3__ckpt-test" / "ckpt.bin").is_file()

@@ -10,7 +10,7 @@ import torch
 
 from vilocal_dist.data.composed import compose_video
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.iivi import PRESETS, IIVIConfig, IIVIGenerator, fit_one_video
 from vilocal_dist.inpaint.iivi import trainer as trainer_module
 from vilocal_dist.inpaint.iivi.augment import (

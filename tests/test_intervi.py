@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.intervi.config import InterVIConfig, resolve_config
 from vilocal_dist.inpaint.intervi.losses import BatchTargets, backward_warp, consistency_loss, flow_scale, masked_mse
 from vilocal_dist.inpaint.intervi.net import SkipNet, padded_size

@@ -94,7 +94,7 @@ def measure_inpaint(params: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: one method on one composed video through the shared interface."""
     from vilocal_dist.bench.detect import current_rss_mib, peak_rss_mib
     from vilocal_dist.data.composed import compose_video
-    from vilocal_dist.inpaint.base import get_method
+    from vilocal_dist.inpaint.registry import get_method
 
     video = compose_video(0, params["frames"], tuple(params["size"]))
     method = get_method(params["method"])

@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  vilocal forge --composed 8 --frames 12 --size 64x112 --methods telea,flowprop --out runs/forged\n"
             "  vilocal forge --sources /data/DAVIS --methods iivi,telea --out forged --gpus-per-trial 0.25 \\\n"
-            "      --set iivi.iters_recon=20000 --set iivi.iters_reg=10000"
+            "      --set iivi.iters_recon=20000 --set iivi.iters_reg=10000\n"
+            "  vilocal forge --composed 4 --methods command --out forged \\\n"
+            "      --set \"command.template=python /opt/fill.py {frames_dir} {masks_dir} {out_dir}\"\n\n"
+            "Methods: see `vilocal inpaint --method list`; `command` runs an external program per video,\n"
+            "and installed plugins (entry point group vilocal_dist.inpaint_methods) work like built-ins."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,7 +74,7 @@ def method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.cli import checks
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
     from vilocal_dist.tracking.setup import ui_command
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

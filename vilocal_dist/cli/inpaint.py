@@ -26,7 +26,6 @@ from vilocal_dist.cli.args import size_type
 from vilocal_dist import __version__
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.inpaint.base import check_method_config, get_method, list_methods
 from vilocal_dist.video.io import IMAGE_EXTS, read_mask_image, resize_mask, write_png_folder, write_video
 from vilocal_dist.video.validate import check_same_size
 
@@ -42,13 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "MASK is a folder of mask images or a mask video (one mask per frame), or a single\n"
             "mask image for frame --mask-frame, which is propagated to all frames first. Without\n"
             "--mask the video's own masks are used (DAVIS layout, composed:SEED videos).\n"
-            "Writes OUT/frames/*.png, OUT/masks/*.png, OUT/result.mp4 (preview), OUT/result.json."
+            "Writes OUT/frames/*.png, OUT/masks/*.png, OUT/result.mp4 (preview), OUT/result.json.\n\n"
+            "Methods: the built-in ones, `command` (any external program, run once per video on PNG\n"
+            "folders: --set template='PROG {frames_dir} {masks_dir} {out_dir}', optional env=, image=,\n"
+            "timeout_s=), and plugins: installed packages with an entry point in the group\n"
+            "vilocal_dist.inpaint_methods (see the README, \"Adding an inpainting method\")."
         ),
         epilog=(
             "examples:\n"
             "  vilocal inpaint clip.mp4 --mask clip_masks/ --out out/ --method flowprop\n"
             "  vilocal inpaint clip.mp4 --mask first.png --mask-frame 0 --out out/ --size 240x432\n"
-            "  vilocal inpaint composed:0:12:64x112 --out out/ --method intervi --set preset=tiny"
+            "  vilocal inpaint composed:0:12:64x112 --out out/ --method intervi --set preset=tiny\n"
+            "  vilocal inpaint clip.mp4 --mask clip_masks/ --out out/ --method command \\\n"
+            "      --set template='python /opt/fill.py {frames_dir} {masks_dir} {out_dir}' --set timeout_s=600"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -172,13 +177,24 @@ def _write_preview(out: Path, frames: np.ndarray, kind: str) -> str | None:
     return write_video(out / "result.mkv", iter(frames), codec="ffv1").name
 
 
+def _print_methods() -> None:
+    from vilocal_dist.inpaint.registry import get_method, list_methods, plugins
+
+    for name in list_methods():
+        print(f"{name:<10} {get_method(name).summary}")
+    for problem in plugins().broken.values():
+        print(f"(unusable) {problem}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.inpaint.registry import get_method
+
     if args.method == "list":
-        print("\n".join(list_methods()))
+        _print_methods()
         return 0
     method = get_method(args.method)
     cfg = parse_overrides(args.overrides)
-    check_method_config(args.method, cfg)  # before decoding anything
+    method.resolve(cfg)  # every option checked before decoding anything
     out = Path(checks.output_dir(args.out))
     frames, masks, described = load_inputs(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,8 +214,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = method(frames, masks, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)
     seconds = time.perf_counter() - started
-    if result.frames.shape != frames.shape or result.frames.dtype != np.uint8:
-        raise RuntimeError(f"{args.method} returned {result.frames.dtype} {result.frames.shape}, expected {frames.shape}")
     # From here the old outputs are being replaced: without result.json the folder reads as incomplete.
     (out / "result.json").unlink(missing_ok=True)
     write_png_folder(out / "frames", iter(result.frames))

@@ -107,7 +107,7 @@ class ClipDataset(Dataset):
 
         dataset = ForgedDataset(root)
         records = dataset.records(split=split, methods=methods)
-        videos = [(dataset.video_dir(r["id"]), None, {"video": r["id"], "method": r["method"]}) for r in records]
+        videos = [(*dataset.video_paths(r), {"video": r["id"], "method": r["method"]}) for r in records]
         return cls(videos, **kwargs)
 
     def __len__(self) -> int:

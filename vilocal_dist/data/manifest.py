@@ -96,6 +96,17 @@ class ForgedDataset:
     def video_dir(self, id: str) -> Path:
         return self.root / "videos" / id
 
+    def video_paths(self, record: dict[str, Any]) -> tuple[Path, Path | None]:
+        """(frames, masks) to open ``record``'s video with (``data.sources.open_source`` / ClipDataset).
+
+        A forged video is its folder (masks inside: None). An imported video names its frame
+        folder or video file and its mask folder or mask video (``frames_path`` / ``masks_path``,
+        relative to the dataset, or absolute where the import referenced files in place).
+        """
+        if "frames_path" in record:
+            return self.root / record["frames_path"], self.root / record["masks_path"]
+        return self.video_dir(record["id"]), None
+
     def records(self, split: str | None = None, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Complete videos in manifest order (first record wins for a duplicated id)."""
         if split is not None and split not in SPLITS:

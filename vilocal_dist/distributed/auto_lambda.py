@@ -38,7 +38,8 @@ from vilocal_dist.distributed.tuning import (
     parent_run,
     result_rows,
 )
-from vilocal_dist.inpaint.base import InpaintResult, check_inputs, get_method
+from vilocal_dist.inpaint.base import InpaintResult, check_inputs
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.tracking.runs import log_json
 
 METRIC = "selfval/psnr"

@@ -114,7 +114,7 @@ def plan_jobs(
 ) -> list[dict[str, Any]]:
     """One job dict per (video, method): id, video, source, method, split, cfg (plain values)."""
     from vilocal_dist.data.manifest import split_for, video_id
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
 
     unknown = sorted(set(method_cfgs or {}) - set(methods))
     if unknown:

@@ -43,7 +43,7 @@ def split_train_val(records: Sequence[dict[str, Any]], val_fraction: float, seed
 def clip_dataset(root: str | Path, records: Sequence[dict[str, Any]], cfg: TrainConfig, *, train: bool) -> ClipDataset:
     """Clips of ``records`` at ``cfg.size``; H.264 on ``cfg.compress_fraction`` of them if ``train``."""
     dataset = ForgedDataset(root)
-    videos = [(dataset.video_dir(r["id"]), None, {"video": r["id"], "method": r["method"]}) for r in records]
+    videos = [(*dataset.video_paths(r), {"video": r["id"], "method": r["method"]}) for r in records]
     return ClipDataset(videos, size=cfg.size, compress_fraction=cfg.compress_fraction if train else 0.0,
                        crf=cfg.crf, seed=cfg.seed)
 

@@ -19,7 +19,7 @@ from vilocal_dist.data.composed import ComposedVideo
 from vilocal_dist.data.manifest import ForgedDataset, split_for, video_id, write_forged_video
 from vilocal_dist.data.sources import VideoSource, load_video, open_source
 from vilocal_dist.errors import InputError
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.video.io import resize_frame, resize_mask
 
 Source = str | Path | VideoSource | ComposedVideo

@@ -136,8 +136,10 @@ def from_mapping(cls: type, d: Mapping[str, Any] | None, where: str, source: str
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The videos a protocol forges and how they are split (``data:`` section)."""
+    """The videos a protocol forges and how they are split (``data:`` section), or an existing
+    dataset (``dataset:``, e.g. from ``vilocal data import``) used as it is instead."""
 
+    dataset: str = ""  # a forged or imported dataset folder: nothing is forged, the keys below are unused
     sources: tuple[str, ...] = ()  # "davis" (the shared root), DAVIS roots (every sequence), folders, videos
     composed: int = 0  # plus N built-in composed videos (seeds seed … seed+N-1)
     frames: int = 24  # frames per composed video
@@ -156,8 +158,8 @@ class DataSpec:
         spec = from_mapping(cls, d, "data", source)
         if spec.composed < 0 or spec.frames < 1 or spec.size_h < 16 or spec.size_w < 16:
             raise ConfigError("data: composed ≥ 0, frames ≥ 1 and a size of at least 16×16 are needed", source)
-        if not spec.sources and spec.composed == 0:
-            raise ConfigError("data: give sources: [...] and/or composed: N", source)
+        if not spec.sources and spec.composed == 0 and not spec.dataset:
+            raise ConfigError("data: give sources: [...] and/or composed: N, or dataset: FOLDER", source)
         if not 0.0 < spec.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {spec.test_fraction}", source)
         return spec
@@ -179,7 +181,10 @@ def forge_dataset(
     data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
 ) -> Path:
     """Forge every source with every method (Tune fan-out, one trial per video × method) into a
-    folder keyed by what it contains; complete videos are never redone. Returns the folder."""
+    folder keyed by what it contains; complete videos are never redone. Returns the folder.
+    With ``data.dataset`` that dataset is returned instead, once it holds every method in both splits."""
+    if data.dataset:
+        return existing_dataset(Path(data.dataset).expanduser(), methods)
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
 
     cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
@@ -203,6 +208,18 @@ def forge_dataset(
     if summary.failed:
         raise InputError(f"forging failed for {', '.join(summary.failed)}; rerun the experiment to retry them", out)
     return out
+
+
+def existing_dataset(root: Path, methods: Sequence[str]) -> Path:
+    """``root`` if its manifest has train and test videos of every method in ``methods``."""
+    from vilocal_dist.data.manifest import ForgedDataset
+
+    dataset = ForgedDataset(root)
+    lacking = [f"{m} ({split})" for m in methods for split in ("train", "test") if not dataset.records(split=split, methods=[m])]
+    if lacking:
+        known = sorted({r["method"] for r in dataset.records()})
+        raise ConfigError(f"data.dataset {root}: no videos of {', '.join(lacking)}; its methods are {known}")
+    return root.resolve()
 
 
 def manifest_sha256(data: Path) -> str:
@@ -362,16 +379,19 @@ class Setup:
     eval: EvalSpec
 
 
-def method_list(value: Any, where: str, source: str | Path | None, *, known: Sequence[str] | None = None) -> tuple[str, ...]:
-    """A non-empty list of distinct registered inpainting methods (and within ``known`` if given)."""
-    from vilocal_dist.inpaint.base import get_method
+def method_list(value: Any, where: str, source: str | Path | None, *, known: Sequence[str] | None = None,
+                registered: bool = True) -> tuple[str, ...]:
+    """A non-empty list of distinct inpainting methods: registered ones unless ``registered`` is
+    False (an existing dataset's, e.g. an imported one's), and within ``known`` if given."""
+    from vilocal_dist.inpaint.registry import get_method
 
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not value or len(set(value)) != len(value):
         raise ConfigError(f"{where} must be a non-empty list of distinct method names, got {value!r}", source)
     for name in value:
-        get_method(str(name))  # unknown names fail here, with a suggestion
+        if registered and known is None:  # ``known`` names were checked when they were parsed
+            get_method(str(name))  # unknown names fail here, with a suggestion
         if known is not None and name not in known:
             raise ConfigError(f"{where}: {name!r} is not among the forged methods {list(known)}", source)
     return tuple(str(v) for v in value)
@@ -379,7 +399,7 @@ def method_list(value: Any, where: str, source: str | Path | None, *, known: Seq
 
 def check_method_cfg(method: str, cfg: Any, where: str, source: str | Path | None) -> dict[str, Any]:
     """``cfg`` (a mapping of ``method``'s options) checked by the method itself, before any forging."""
-    from vilocal_dist.inpaint.base import check_method_config
+    from vilocal_dist.inpaint.registry import check_method_config
 
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where} must be a mapping of {method}'s options, got {cfg!r}", source)
@@ -394,7 +414,9 @@ def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     """Validate the shared sections of a training protocol's config."""
     from vilocal_dist.engines.config import TrainConfig
 
-    methods = method_list(raw.get("methods"), "methods", source)
+    data = DataSpec.from_dict(raw.get("data"), source)
+    # An existing dataset's methods need not be ones this package can run (e.g. imported VI/OP/CP).
+    methods = method_list(raw.get("methods"), "methods", source, registered=not data.dataset)
     cfgs = raw.get("method_cfgs") or {}
     check_keys(cfgs, methods, "method_cfgs", source)
     cfgs = {m: check_method_cfg(m, c, f"method_cfgs.{m}", source) for m, c in cfgs.items()}
@@ -406,7 +428,7 @@ def parse_setup(raw: Mapping[str, Any], source: str | Path | None) -> Setup:
     except ConfigError as exc:  # name the section and the file (range checks know neither)
         raise ConfigError(f"train: {exc.problem}", source) from None
     return Setup(
-        data=DataSpec.from_dict(raw.get("data"), source),
+        data=data,
         methods=methods,
         method_cfgs=cfgs,
         train=train,

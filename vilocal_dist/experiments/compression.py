@@ -154,7 +154,7 @@ def score_condition(job: Mapping[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from vilocal_dist.data.clips import ClipDataset
-    from vilocal_dist.data.sources import load_video
+    from vilocal_dist.data.sources import load_video, open_source
     from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
     from vilocal_dist.engines.evaluate import predict_probs
     from vilocal_dist.engines.metrics import MaskEvaluator
@@ -166,8 +166,8 @@ def score_condition(job: Mapping[str, Any]) -> dict[str, Any]:
     model = build_model(ckpt, device).eval()
     evaluator = MaskEvaluator(job["threshold"])
     distortion = []
-    for video_dir, video, method in job["videos"]:
-        original, masks = load_video(video_dir)
+    for frames_path, masks_path, video, method in job["videos"]:
+        original, masks = load_video(open_source(frames_path, mask_path=masks_path))
         frames = recompress(original, job["steps"], preset=job["preset"])
         distortion.append(np.mean([min(psnr(a, b), 100.0) for a, b in zip(frames, original)]))
         dataset = ClipDataset([(frames, masks, {"video": video, "method": method})], size=size, compress_fraction=0.0)
@@ -195,7 +195,7 @@ def run(config: CompressionConfig, recorder: Any, *, workdir: Path) -> Any:
             recorder.adopt(model.run_ids, "detector")
         checkpoint, model_tags = str(model.checkpoint), {"vilocal.train_runs": ",".join(model.run_ids)}
     dataset = ForgedDataset(data)
-    videos = [(str(dataset.video_dir(r["id"])), r["id"], r["method"])
+    videos = [(*(None if p is None else str(p) for p in dataset.video_paths(r)), r["id"], r["method"])
               for r in dataset.records(split="test", methods=list(config.test_methods))]
     todo = conditions(config)
     jobs = [{"checkpoint": checkpoint, "videos": videos, "steps": c["steps"], "threshold": setup.eval.threshold,

@@ -10,28 +10,20 @@ reaches (content never seen in any frame) is filled spatially with Telea.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.inpaint.base import (
-    InpaintResult,
-    check_cfg,
-    check_inputs,
-    coerce_option,
-    composite,
-    register_method,
-)
+from vilocal_dist.errors import InputError
+from vilocal_dist.inpaint.base import Fill, Method, MethodConfig
 from vilocal_dist.inpaint.flow import DIS_PRESETS, complete_flow, dis_estimator, dis_flow, prefill, warp
 
 
 @dataclass(frozen=True)
-class SpatialConfig:
+class SpatialConfig(MethodConfig):
     """Per-frame OpenCV inpainting (``telea`` / ``ns``)."""
 
     radius: int = 3  # neighbourhood radius (pixels) each fill step looks at
@@ -41,7 +33,7 @@ class SpatialConfig:
 
 
 @dataclass(frozen=True)
-class FlowPropConfig:
+class FlowPropConfig(MethodConfig):
     """Flow-guided temporal propagation (``flowprop``)."""
 
     dis_preset: str = "medium"  # OpenCV DIS preset: ultrafast | fast | medium
@@ -57,55 +49,27 @@ class FlowPropConfig:
         return [message for ok, message in checks if not ok]
 
 
-def _resolve(cls: type, cfg: dict[str, Any] | None, method: str) -> Any:
-    """``cfg`` over the defaults of config class ``cls``, types coerced, ranges checked."""
-    merged = check_cfg(cfg, asdict(cls()), method)
-    config = cls(**{k: coerce_option(method, k, v, getattr(cls, k)) for k, v in merged.items()})
-    problems = config.problems()
-    if problems:
-        raise ConfigError(f"{method}: " + "; ".join(problems))
-    return config
-
-
-def _spatial(frames: np.ndarray, masks: np.ndarray, radius: int, flag: int, progress: bool, desc: str) -> np.ndarray:
-    out = frames.copy()
-    for t in tqdm(range(len(frames)), desc=desc, disable=not progress, leave=False):
-        if masks[t].any():
-            out[t] = cv2.inpaint(frames[t], masks[t].astype(np.uint8), radius, flag)
-    return out
-
-
-def _spatial_method(name: str, flag: int):
-    def method(
-        frames: np.ndarray,
-        masks: np.ndarray,
-        cfg: dict[str, Any] | None = None,
-        *,
-        seed: int = 0,
-        progress: bool = True,
-        workdir: Path | None = None,
-    ) -> InpaintResult:
-        check_inputs(frames, masks)
-        config = _resolve(SpatialConfig, cfg, name)
+def _spatial_fill(name: str, flag: int):
+    def fill(frames: np.ndarray, masks: np.ndarray, config: SpatialConfig, *, seed: int, progress: bool,
+             workdir: Path | None) -> Fill:  # fmt: skip
         full = np.flatnonzero(masks.reshape(len(masks), -1).all(axis=1))
         if full.size:
             # cv2.inpaint returns a frame with no known pixel unchanged: the hole would keep its content.
             raise InputError(f"frame {int(full[0])} is masked entirely: {name} fills each frame from its own "
                              "known pixels (use flowprop, iivi or intervi, which borrow from other frames)")
-        filled = _spatial(frames, masks, config.radius, flag, progress, name)
-        return InpaintResult(frames=composite(filled, frames, masks), config={"method": name, **asdict(config)})
+        out = frames.copy()
+        for t in tqdm(range(len(frames)), desc=name, disable=not progress, leave=False):
+            if masks[t].any():
+                out[t] = cv2.inpaint(frames[t], masks[t].astype(np.uint8), config.radius, flag)
+        return Fill(out)
 
-    method.__name__ = name
-    method.__doc__ = f"OpenCV cv2.inpaint ({name}) on each frame independently; seed/workdir unused."
-    return method
-
-
-def _spatial_config(name: str):
-    return lambda cfg: _resolve(SpatialConfig, cfg, name)
+    return fill
 
 
-telea = register_method("telea", config=_spatial_config("telea"))(_spatial_method("telea", cv2.INPAINT_TELEA))
-ns = register_method("ns", config=_spatial_config("ns"))(_spatial_method("ns", cv2.INPAINT_NS))
+TELEA = Method("telea", SpatialConfig, _spatial_fill("telea", cv2.INPAINT_TELEA),
+               "OpenCV Telea (fast marching) on each frame independently")  # fmt: skip
+NS = Method("ns", SpatialConfig, _spatial_fill("ns", cv2.INPAINT_NS),
+            "OpenCV Navier-Stokes on each frame independently")  # fmt: skip
 
 
 def _propagate(
@@ -138,22 +102,10 @@ def _propagate(
     return values, hops
 
 
-@register_method("flowprop", config=lambda cfg: _resolve(FlowPropConfig, cfg, "flowprop"))
-def flowprop(
-    frames: np.ndarray,
-    masks: np.ndarray,
-    cfg: dict[str, Any] | None = None,
-    *,
-    seed: int = 0,
-    progress: bool = True,
-    workdir: Path | None = None,
-) -> InpaintResult:
-    """Flow-guided propagation of known pixels into the holes, Telea for the rest (seed/workdir unused).
-
-    frames: uint8 T×H×W×3, masks: bool T×H×W (True = hole) -> composited uint8 T×H×W×3.
-    """
-    check_inputs(frames, masks)
-    config = _resolve(FlowPropConfig, cfg, "flowprop")
+def _flowprop(
+    frames: np.ndarray, masks: np.ndarray, config: FlowPropConfig, *, seed: int, progress: bool, workdir: Path | None
+) -> Fill:
+    """Flow-guided propagation of known pixels into the holes, Telea for the rest (seed/workdir unused)."""
     n = len(frames)
     estimator = dis_estimator(config.dis_preset)
     filled = np.stack([prefill(f, m, config.radius) for f, m in zip(frames, masks)])
@@ -177,6 +129,7 @@ def flowprop(
     unreached = masks & (total[..., 0] == 0)
     for t in np.flatnonzero(unreached.reshape(n, -1).any(axis=1)):
         out[t] = cv2.inpaint(out[t], unreached[t].astype(np.uint8), config.radius, cv2.INPAINT_TELEA)
-    metrics = {"flowprop/propagated_fraction": float(1.0 - unreached.sum() / max(int(masks.sum()), 1))}
-    record = {"method": "flowprop", **asdict(config)}
-    return InpaintResult(frames=composite(out, frames, masks), metrics=metrics, config=record)
+    return Fill(out, metrics={"flowprop/propagated_fraction": float(1.0 - unreached.sum() / max(int(masks.sum()), 1))})
+
+
+FLOWPROP = Method("flowprop", FlowPropConfig, _flowprop, "flow-guided propagation of known pixels, Telea for the rest")

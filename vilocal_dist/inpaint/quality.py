@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vilocal_dist.inpaint.base import get_method
+from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.metrics import fixed_masks, quality_metrics
 
 Video = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # (name, frames, masks, gt_frames)

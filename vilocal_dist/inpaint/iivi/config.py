@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import check_cfg, coerce_option
+from vilocal_dist.inpaint.base import MethodConfig, build_config
 from vilocal_dist.inpaint.iivi.generator import PRESETS
 from vilocal_dist.inpaint.vgg import layer_names
 
 
 @dataclass(frozen=True)
-class IIVIConfig:
+class IIVIConfig(MethodConfig):
     """Defaults follow the paper (appendix A.2/A.3) except where noted."""
 
     preset: str = "paper"  # generator size: 'paper' (base width 48) or 'tiny' (tests, CPU demos)
@@ -35,7 +34,7 @@ class IIVIConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     recompute: bool = False  # activation checkpointing: ~4× less activation memory, ~⅓ more compute
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
         problems = []
         if self.preset not in PRESETS:
             problems.append(f"preset {self.preset!r} not in {sorted(PRESETS)}")
@@ -53,8 +52,7 @@ class IIVIConfig:
             problems.append("dilate must be ≥ 0 and holdout in [0, 0.5)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             problems.append(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
-        if problems:
-            raise ConfigError("iivi: " + "; ".join(problems))
+        return problems
 
     @property
     def total_iters(self) -> int:
@@ -67,5 +65,4 @@ class IIVIConfig:
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> IIVIConfig:
         """Build from a plain dict (YAML, Tune, CLI); unknown keys and wrong types are ConfigErrors."""
-        merged = check_cfg(cfg, asdict(cls()), "iivi")
-        return cls(**{f.name: coerce_option("iivi", f.name, merged[f.name], getattr(cls, f.name)) for f in fields(cls)})
+        return build_config(cls, cfg, "iivi")

@@ -1,4 +1,4 @@
-"""``fit_one_video``: train IIVI on one video and return the composited result (no Ray, no MLflow).
+"""The ``iivi`` method: train IIVI on one video and return its prediction (no Ray, no MLflow).
 
 Checkpoints (model, Adam, iteration, RNG state, smoothed losses, config) go to ``workdir`` every
 ``ckpt_every`` iterations by atomic replace; a rerun with the same workdir, video, config and seed
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from vilocal_dist.device import pick_device
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import InpaintResult, check_inputs, composite, register_method
+from vilocal_dist.inpaint.base import Fill, InpaintResult, Method
 from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
 from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
@@ -76,6 +76,47 @@ def _resume(path: Path, trainer: IIVITrainer, fingerprint: str) -> None:
     trainer.load_state_dict(state)
 
 
+def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, progress: bool,
+         workdir: Path | None) -> Fill:  # fmt: skip
+    """Train one IIVI network on ``frames`` and predict every frame (uncomposited, native size)."""
+    device = pick_device(cfg.device)
+    small, small_masks = to_working_size(frames, masks, cfg)
+    holes = dilate_masks(small_masks, cfg.dilate)
+    holdout = holdout_masks(holes, cfg.holdout, seed)
+    trainer = IIVITrainer(VideoTensors.from_numpy(small, holes, holdout, device), cfg, seed=seed, device=device)
+
+    ckpt, fingerprint = None, _fingerprint(frames, masks, cfg, seed)
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        ckpt = workdir / CKPT_NAME
+        _resume(ckpt, trainer, fingerprint)
+    start_iter, start = trainer.iteration, time.perf_counter()
+    with tqdm(total=cfg.total_iters, initial=start_iter, desc="iivi", disable=not progress, unit="it") as bar:
+        while trainer.iteration < cfg.total_iters:
+            trainer.step()
+            bar.update(1)
+            if trainer.iteration % 25 == 0:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in trainer.logs.items()})
+            if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or trainer.iteration == cfg.total_iters):
+                _save(ckpt, trainer, cfg, fingerprint)
+    seconds = time.perf_counter() - start
+
+    pred = _to_native(trainer.predict(), frames.shape[1:3])
+    metrics = {f"train/{k}": v for k, v in trainer.logs.items()}
+    metrics |= {"train/iters": float(trainer.iteration), "train/seconds": seconds}
+    if trainer.iteration > start_iter:
+        metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(seconds, 1e-9)
+    if cfg.holdout > 0:
+        # Held-out pixels lie outside masks: the composited result gets their true values back.
+        native_holdout = _to_native_mask(holdout, frames.shape[1:3]) & ~masks
+        metrics["selfval/psnr"] = holdout_psnr(pred, frames, native_holdout)
+    vgg = trainer.vgg.describe() if trainer.vgg is not None else "unused"
+    return Fill(pred, metrics=metrics, record={"vgg": vgg})
+
+
+IIVI = Method("iivi", IIVIConfig, _fit, "IIVI (Ouyang et al. 2021): one generator trained per video")
+
+
 def fit_one_video(
     frames: np.ndarray,
     masks: np.ndarray,
@@ -92,46 +133,12 @@ def fit_one_video(
     (smoothed), ``selfval/psnr`` on held-out known pixels (when ``cfg.holdout`` > 0), and
     ``true/hole_psnr`` when the true backgrounds ``gt_frames`` (uint8 T×H×W×3) are given.
     """
-    check_inputs(frames, masks)
-    cfg = cfg if isinstance(cfg, IIVIConfig) else IIVIConfig.from_dict(cfg)
     if gt_frames is not None and gt_frames.shape != frames.shape:
         raise ValueError(f"gt_frames shape {gt_frames.shape} differs from frames {frames.shape}")
-    device = pick_device(cfg.device)
-    small, small_masks = to_working_size(frames, masks, cfg)
-    holes = dilate_masks(small_masks, cfg.dilate)
-    holdout = holdout_masks(holes, cfg.holdout, seed)
-    trainer = IIVITrainer(VideoTensors.from_numpy(small, holes, holdout, device), cfg, seed=seed, device=device)
-
-    ckpt, fingerprint = None, _fingerprint(frames, masks, cfg, seed)
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        ckpt = Path(workdir) / CKPT_NAME
-        _resume(ckpt, trainer, fingerprint)
-    start_iter, start = trainer.iteration, time.perf_counter()
-    with tqdm(total=cfg.total_iters, initial=start_iter, desc="iivi", disable=not progress, unit="it") as bar:
-        while trainer.iteration < cfg.total_iters:
-            trainer.step()
-            bar.update(1)
-            if trainer.iteration % 25 == 0:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in trainer.logs.items()})
-            if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or trainer.iteration == cfg.total_iters):
-                _save(ckpt, trainer, cfg, fingerprint)
-    seconds = time.perf_counter() - start
-
-    pred = _to_native(trainer.predict(), frames.shape[1:3])
-    out = composite(pred, frames, masks)  # held-out pixels lie outside masks: they get their true values
-    metrics = {f"train/{k}": v for k, v in trainer.logs.items()}
-    metrics |= {"train/iters": float(trainer.iteration), "train/seconds": seconds}
-    if trainer.iteration > start_iter:
-        metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(seconds, 1e-9)
-    if cfg.holdout > 0:
-        native_holdout = _to_native_mask(holdout, frames.shape[1:3]) & ~masks
-        metrics["selfval/psnr"] = holdout_psnr(pred, frames, native_holdout)
+    result = IIVI(frames, masks, cfg, seed=seed, progress=progress, workdir=workdir)
     if gt_frames is not None:
-        metrics["true/hole_psnr"] = holdout_psnr(out, gt_frames, masks)  # PSNR restricted to the hole
-    vgg = trainer.vgg.describe() if trainer.vgg is not None else "unused"
-    config = {**asdict(cfg), "vgg": vgg, "seed": seed, "method": "iivi"}
-    return InpaintResult(frames=out, metrics=metrics, config=config)
+        result.metrics["true/hole_psnr"] = holdout_psnr(result.frames, gt_frames, masks)  # PSNR restricted to the hole
+    return result
 
 
 def _to_native_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -139,20 +146,3 @@ def _to_native_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return mask
     size = (shape[1], shape[0])
     return np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in mask])
-
-
-@register_method("iivi", config=IIVIConfig.from_dict)
-def iivi(
-    frames: np.ndarray,
-    masks: np.ndarray,
-    cfg: dict[str, Any] | None = None,
-    *,
-    seed: int = 0,
-    progress: bool = True,
-    workdir: Path | None = None,
-    gt_frames: np.ndarray | None = None,
-) -> InpaintResult:
-    """Registry entry: ``cfg`` is a plain dict of ``IIVIConfig`` fields (unknown keys rejected)."""
-    return fit_one_video(
-        frames, masks, IIVIConfig.from_dict(cfg), seed=seed, progress=progress, workdir=workdir, gt_frames=gt_frames
-    )

@@ -9,16 +9,23 @@ CPU demos — its results are not the paper's.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
-from vilocal_dist.errors import ConfigError
-from vilocal_dist.inpaint.base import check_cfg, coerce_option
+from vilocal_dist.inpaint.base import MethodConfig, build_config
 from vilocal_dist.inpaint.flow import DIS_PRESETS
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": dict(
+        scales=3, width_min=8, width_max=16, updates_per_batch=5, iterations=40, checkpoint_every=20, dis_preset="fast"
+    ),
+}
 
 
 @dataclass(frozen=True)
-class InterVIConfig:
+class InterVIConfig(MethodConfig):
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     preset: str = "paper"  # base values: "paper" or "tiny"; explicit keys override the preset
     # network (Deep Image Prior skip encoder-decoder)
     scales: int = 6  # encoder blocks, each halving the resolution
@@ -63,48 +70,29 @@ class InterVIConfig:
     def strides(self) -> tuple[int, ...]:
         return tuple(sorted({int(p) for p in str(self.offsets).split(",") if p.strip()}))
 
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "tiny": dict(
-        scales=3, width_min=8, width_max=16, updates_per_batch=5, iterations=40, checkpoint_every=20, dis_preset="fast"
-    ),
-}
+    def problems(self) -> list[str]:
+        try:
+            strides = self.strides
+        except ValueError:
+            return [f"offsets must be comma-separated positive integers, got {self.offsets!r}"]
+        problems = []
+        if not strides or min(strides) < 1:
+            problems.append(f"offsets must be comma-separated positive integers, got {self.offsets!r}")
+        for name in ("scales", "width_min", "width_max", "enc_kernel", "dec_kernel", "skip_channels"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.enc_kernel % 2 == 0 or self.dec_kernel % 2 == 0:
+            problems.append("enc_kernel and dec_kernel must be odd (same-size padding)")
+        for name in ("batch_frames", "updates_per_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.iterations < 0 or self.lr <= 0:
+            problems.append("iterations must be >= 0 and lr > 0")
+        if self.dis_preset not in DIS_PRESETS:
+            problems.append(f"dis_preset must be one of {sorted(DIS_PRESETS)}")
+        return problems
 
 
 def resolve_config(cfg: dict[str, Any] | None) -> InterVIConfig:
     """cfg dict -> validated config: preset values first, then the explicitly given keys."""
-    given = check_cfg(cfg, asdict(InterVIConfig()), "intervi")
-    name = given["preset"]
-    if name not in PRESETS:
-        raise ConfigError(f"intervi: unknown preset {name!r}; known: {sorted(PRESETS)}")
-    values = {**PRESETS[name], **(cfg or {})}
-    config = replace(InterVIConfig(), **{k: coerce_option("intervi", k, v, getattr(InterVIConfig, k)) for k, v in values.items()})
-    _validate(config)
-    return config
-
-
-
-
-def _validate(c: InterVIConfig) -> None:
-    try:
-        strides = c.strides
-    except ValueError:
-        raise ConfigError(f"intervi: offsets must be comma-separated positive integers, got {c.offsets!r}") from None
-    problems = []
-    if not strides or min(strides) < 1:
-        problems.append(f"offsets must be comma-separated positive integers, got {c.offsets!r}")
-    for name in ("scales", "width_min", "width_max", "enc_kernel", "dec_kernel", "skip_channels"):
-        if getattr(c, name) < 1:
-            problems.append(f"{name} must be >= 1")
-    if c.enc_kernel % 2 == 0 or c.dec_kernel % 2 == 0:
-        problems.append("enc_kernel and dec_kernel must be odd (same-size padding)")
-    for name in ("batch_frames", "updates_per_batch", "checkpoint_every"):
-        if getattr(c, name) < 1:
-            problems.append(f"{name} must be >= 1")
-    if c.iterations < 0 or c.lr <= 0:
-        problems.append("iterations must be >= 0 and lr > 0")
-    if c.dis_preset not in DIS_PRESETS:
-        problems.append(f"dis_preset must be one of {sorted(DIS_PRESETS)}")
-    if problems:
-        raise ConfigError("intervi: " + "; ".join(problems))
+    return build_config(InterVIConfig, cfg, "intervi")

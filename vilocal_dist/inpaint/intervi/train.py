@@ -1,4 +1,4 @@
-"""Fitting InterVI to one video: curriculum, optimisation loop, checkpoints, and the registered method.
+"""Fitting InterVI to one video: curriculum, optimisation loop, checkpoints; the ``intervi`` method.
 
 Curriculum (paper §3.2, appendix C.4): a batch is ``batch_frames`` frames consecutive at a fixed
 stride t ∈ strides, supervised with the flows to i+t *or* to i−t (one direction per batch: both at
@@ -23,10 +23,9 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
-from vilocal_dist.device import pick_device
-from vilocal_dist.inpaint.base import InpaintResult, check_inputs, composite, register_method
+from vilocal_dist.inpaint.base import Fill, Method
 from vilocal_dist.inpaint.flow import FlowCache
-from vilocal_dist.inpaint.intervi.config import InterVIConfig, resolve_config
+from vilocal_dist.inpaint.intervi.config import InterVIConfig
 from vilocal_dist.inpaint.intervi.losses import PERCEPTUAL_LAYERS, BatchTargets, flow_scale, intervi_losses
 from vilocal_dist.inpaint.intervi.net import SkipNet, padded_size
 from vilocal_dist.inpaint.vgg import default_weights, load_vgg_features
@@ -128,11 +127,11 @@ def fit_intervi(
     seed: int = 0,
     progress: bool = True,
     workdir: Path | None = None,
-) -> tuple[np.ndarray, dict[str, float], dict[str, Any]]:
+) -> Fill:
     """Train InterVI on one video and generate every frame.
 
-    frames: uint8 T×H×W×3, masks: bool T×H×W (True = hole). Returns (raw prediction uint8
-    T×H×W×3 — not composited, metrics, runtime facts for the record).
+    frames: uint8 T×H×W×3, masks: bool T×H×W (True = hole). Returns the raw prediction (not
+    composited), the metrics and the runtime facts for the record.
     """
     n, h, w = masks.shape
     device = pick_device(config.device)
@@ -209,7 +208,7 @@ def fit_intervi(
     mse = float(known_err.mean()) if known_err.size else math.nan
     metrics = {**last, "train/updates": float(step)}
     metrics["train/psnr_known"] = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    return pred, metrics, {"perceptual": perceptual, "device_used": str(device), "amp_used": amp}
+    return Fill(pred, metrics=metrics, record={"perceptual": perceptual, "device_used": str(device), "amp_used": amp})
 
 
 @torch.no_grad()
@@ -225,22 +224,4 @@ def _generate(net: SkipNet, noise: torch.Tensor, h: int, w: int, chunk: int, amp
     return rearrange(video, "t c h w -> t h w c").cpu().numpy()
 
 
-@register_method("intervi", config=resolve_config)
-def intervi(
-    frames: np.ndarray,
-    masks: np.ndarray,
-    cfg: dict[str, Any] | None = None,
-    *,
-    seed: int = 0,
-    progress: bool = True,
-    workdir: Path | None = None,
-) -> InpaintResult:
-    """InterVI (Zhang et al. 2019): internal learning of appearance and flow; see ``InterVIConfig``.
-
-    frames: uint8 T×H×W×3, masks: bool T×H×W (True = hole) -> composited uint8 T×H×W×3.
-    """
-    check_inputs(frames, masks)
-    config = resolve_config(cfg)
-    pred, metrics, facts = fit_intervi(frames, masks, config, seed=seed, progress=progress, workdir=workdir)
-    record = {"method": "intervi", **asdict(config), **facts, "seed": seed}
-    return InpaintResult(frames=composite(pred, frames, masks), metrics=metrics, config=record)
+INTERVI = Method("intervi", InterVIConfig, fit_intervi, "InterVI (Zhang et al. 2019): internal learning of appearance and flow")
