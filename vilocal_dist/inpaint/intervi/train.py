@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.inpaint.base import Fill, Method
 from vilocal_dist.inpaint.flow import FlowCache
 from vilocal_dist.inpaint.intervi.config import InterVIConfig
