@@ -57,6 +57,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
     (purelib / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The `ray` command, as installing ray here would make it: Ray's processes (raylets, workers,
+    # job drivers) then run this venv's interpreter, and so the installed vilocal_dist.
+    ray = env_dir / "bin" / "ray"
+    ray.write_text(f"#!{python}\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n")
+    ray.chmod(0o755)
     src = tracked_copy(root / "src")
     build_before = (REPO_ROOT / "build").exists()
     done = subprocess.run(
