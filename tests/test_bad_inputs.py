@@ -210,9 +210,9 @@ CONFIG_CASES = [
     case(f"train-config-{name}", f"{TRAIN} --config {{C}}/{name}", message)
     for name, message in [
         ("bad.yaml", "{C}/bad.yaml: invalid YAML"),
-        ("unknown.yaml", "{C}/unknown.yaml: unknown training config key 'taux' (did you mean 'tau'?)"),
+        ("unknown.yaml", "{C}/unknown.yaml: taux: unknown training config key (did you mean 'tau'?)"),
         ("list.yaml", "{C}/list.yaml: a training config must be a mapping"),
-        ("missing.yaml", "{C}/missing.yaml: cannot read config"),
+        ("missing.yaml", "{C}/missing.yaml: cannot read training config"),
         ("tau0.yaml", "{C}/tau0.yaml: tau must be > 0, got 0.0"),
     ]
 ] + [
@@ -227,7 +227,7 @@ CONFIG_CASES = [
         ("tau=abc", "tau must be float, got 'abc'"),
         ("tau=[1", "--set 'tau=[1': cannot parse value"),
         ("tau", "--set expects key=value, got 'tau'"),
-        ("bogus=1", "unknown training config key 'bogus'"),
+        ("bogus=1", "bogus: unknown training config key"),
     ]
 ] + [
     case(f"sweep-{case_id}", f"sweep {spec} {extra}".strip(), message)
@@ -241,7 +241,7 @@ CONFIG_CASES = [
          "search_space.alpha: uniform range includes an illegal value 1.5: alpha must be in [0, 1]"),
         ("gamma-range", "{FOCAL}", "--set search_space.gamma.low=-1",
          "search_space.gamma: uniform range includes an illegal value -1.0: gamma must be >= 0"),
-        ("base-unknown", "{FOCAL}", "--set base.taux=1", "base: unknown training config key 'taux' (did you mean 'tau'?)"),
+        ("base-unknown", "{FOCAL}", "--set base.taux=1", "base: taux: unknown training config key (did you mean 'tau'?)"),
         ("lambda-range", "{REGULARIZERS}", "--set search_space.lambda_a.low=-0.1",
          "search_space.lambda_a.low: loguniform needs low > 0"),
         ("lambda-base", "{REGULARIZERS}", "--set base.lambda_s=-1", "base: iivi: lambda_a, lambda_s must be ≥ 0"),
@@ -254,12 +254,12 @@ CONFIG_CASES = [
     case(f"experiment-{case_id}", f"experiment {name} {extra}", message)
     for case_id, name, extra, message in [
         ("malformed", "ablation-tiny", "--config {C}/bad.yaml", "{C}/bad.yaml: invalid YAML"),
-        ("unknown-key", "ablation-tiny", "--config {C}/exp_unknown.yaml", "{C}/exp_unknown.yaml: unknown key 'bogus'"),
+        ("unknown-key", "ablation-tiny", "--config {C}/exp_unknown.yaml", "{C}/exp_unknown.yaml: bogus: unknown key"),
         ("tau", "ablation-tiny", "--config {C}/exp_tau.yaml", "{C}/exp_tau.yaml: train: tau must be > 0, got -1.0"),
         ("alpha", "generalization-tiny", "--set train.alpha=3", "train: alpha must be in [0, 1], got 3.0"),
         ("gamma", "compression-tiny", "--set train.gamma=-2", "train: gamma must be >= 0, got -2.0"),
         ("test-fraction", "ablation-tiny", "--set data.test_fraction=2", "data.test_fraction must be in (0, 1), got 2.0"),
-        ("unknown-section", "ablation-tiny", "--set trainx.alpha=0.3", "unknown key 'trainx' (did you mean 'train'?)"),
+        ("unknown-section", "ablation-tiny", "--set trainx.alpha=0.3", "trainx: unknown key (did you mean 'train'?)"),
         ("method-option", "ablation-tiny", "--set method_cfgs.telea.radius=0",
          "method_cfgs.telea: telea: radius must be >= 1, got 0"),
     ]

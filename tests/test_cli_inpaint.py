@@ -123,7 +123,7 @@ def test_single_frame_mask_with_real_propagation(tiny_video, tmp_path: Path) -> 
         (["--mask", "MASKS", "--mask-frame", "1"], "--mask-frame applies to a single mask"),
         (["--mask", "ONE", "--mask-frame", "9"], "outside the 5 frames"),
         (["--mask", "MASKS", "--set", "bogus=1"], "unknown option"),
-        (["--mask", "MASKS", "--set", "novalue"], "KEY=VALUE"),
+        (["--mask", "MASKS", "--set", "novalue"], "expects key=value"),
         (["--mask", "MASKS", "--method", "flowpro"], "did you mean 'flowprop'"),
     ],
 )

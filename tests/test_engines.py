@@ -9,7 +9,8 @@ import torch
 from vilocal_dist.data.composed import compose_video
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint, save_checkpoint
-from vilocal_dist.engines.config import TrainConfig, load_config, parse_overrides
+from vilocal_dist.config import parse_sets as parse_overrides
+from vilocal_dist.engines.config import TrainConfig, load_config
 from vilocal_dist.engines.datasets import clip_dataset, split_train_val, training_datasets
 from vilocal_dist.engines.evaluate import evaluate_checkpoint
 from vilocal_dist.engines.forge import forge_local

@@ -11,7 +11,7 @@ import pytest
 
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.experiments import ablation, compression, generalization, inpaint_quality
-from vilocal_dist.experiments.common import apply_overrides, deep_merge
+from vilocal_dist.config import apply_sets as apply_overrides, deep_merge
 from vilocal_dist.experiments.registry import get_experiment, list_experiments, resolve_config
 
 # ----------------------------------------------------------------------------- configs
@@ -72,7 +72,7 @@ def test_ablation_conditions_are_checked_when_read():
         ("no_hp3d", "both", {"use_hp3d": False}), ("no_contrastive", "joint", {}), ("full", "both", {})]
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.stage must be one of both, joint, got 'nope'"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "stage": "nope"}]})
-    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: unknown training config key 'made_up'"):
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: made_up: unknown training config key"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"made_up": 1}}]})
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: tau must be > 0"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"tau": 0}}]})
@@ -281,3 +281,19 @@ def test_inpaint_quality_tiny(exp_home):
         assert 0.0 < row["ssim_hole"] < row["ssim"]  # the hole is where the errors are
     children = _check_recorded(result, {"plots/quality.png", "per_video.csv", "per_video.md"}, set(names))
     assert all("fixed/psnr" in c.data.metrics and "object/tc" in c.data.metrics for c in children)
+
+
+def test_demo_presets_are_experiment_specs_checked_once():
+    from vilocal_dist.experiments.demo import resolve_preset
+
+    default = resolve_preset("default")
+    assert (default.setup.methods, default.train_on, default.unseen) == (("telea", "iivi", "flowprop"), ("telea", "iivi"), ("flowprop",))
+    assert (default.setup.train.model, default.setup.train.alpha, default.setup.workers) == ("vilocal_small", 0.75, 2)
+    smoke = resolve_preset("smoke", {"workers": 1, "sweep": "none", "train.stage2_epochs": 2})
+    assert (smoke.setup.data.composed, smoke.unseen, smoke.sweep, smoke.setup.train.stage2_epochs) == (4, ("ns",), "none", 2)
+    with pytest.raises(ConfigError, match="did you mean 'smoke'"):
+        resolve_preset("smok")
+    with pytest.raises(ConfigError, match=r"demo-smoke\.yaml: train: alpah: unknown training config key \(did you mean 'alpha'\?\)"):
+        resolve_preset("smoke", {"train.alpah": 0.5})
+    with pytest.raises(ConfigError, match="train_on: 'iivi' is not among the forged methods"):
+        resolve_preset("smoke", {"train_on": ["iivi"]})

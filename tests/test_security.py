@@ -79,7 +79,7 @@ def is_true(node: ast.expr | None) -> bool:
 def test_the_scanner_resolves_names_and_finds_calls() -> None:
     calls = {(where.split(":")[0], name) for where, _, name in package_calls()}
     assert ("vilocal_dist/engines/checkpoint.py", "torch.load") in calls
-    assert ("vilocal_dist/distributed/spec.py", "yaml.safe_load") in calls
+    assert ("vilocal_dist/config/files.py", "yaml.safe_load") in calls
     assert ("vilocal_dist/bench/suite.py", "subprocess.run") in calls
     tree = ast.parse("from torch import load as L\nL(p)\nimport yaml as Y\nY.full_load(s)")
     aliases = {"L": "torch.load", "Y": "yaml"}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,26 +54,16 @@ def make_test_video(path: Path, num_frames: int = 300, size: tuple[int, int] = S
 
 
 def _stream_child(path: str) -> dict:
-    """Runs in a fresh process: stream every frame, report baseline and peak RSS (MiB)."""
+    """Runs in a fresh process: stream every frame, report baseline and peak RSS (MiB; VmHWM,
+    because ru_maxrss survives exec and would report the larger parent that spawned us)."""
     import psutil
 
+    from vilocal_dist.bench.detect import peak_rss_mib
     from vilocal_dist.video.io import iter_frames
 
     baseline = psutil.Process().memory_info().rss / 2**20
     count = sum(1 for _ in iter_frames(path))
-    return {"frames": count, "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(_peak_rss_mib(), 1)}
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak RSS. Linux: VmHWM, because ru_maxrss survives exec and would report the
-    (larger) parent that spawned us."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB
+    return {"frames": count, "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
 def decode_benchmark(video: str | Path | None = None, *, frames: int = 300, repeats: int = 2) -> dict:

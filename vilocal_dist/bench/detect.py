@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from vilocal_dist.config import size_arg
+
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory (MiB): VmHWM on Linux, ru_maxrss elsewhere."""
@@ -112,17 +114,12 @@ def detect_benchmark(
     }
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vilocal_dist.bench.detect", description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[30, 300], help="video lengths in frames (default 30 300)")
     p.add_argument("--preset", default="vilocal_small", help="untrained model preset (default vilocal_small)")
-    p.add_argument("--size", type=_size, default=(240, 432), help="model input HxW (default 240x432)")
-    p.add_argument("--video-size", type=_size, default=None, help="test video HxW (default: --size)")
+    p.add_argument("--size", type=size_arg(), default=(240, 432), help="model input HxW (default 240x432)")
+    p.add_argument("--video-size", type=size_arg(), default=None, help="test video HxW (default: --size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vilocal_dist.config import size_arg
+
 
 def _spin(n: int) -> float:
     start = time.perf_counter()
@@ -93,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vilocal_dist.bench.fanout", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=8, help="composed videos per throughput run (default 8)")
     p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", default="120x216", help="HxW of the composed videos")
+    p.add_argument("--size", type=size_arg(), default=(120, 216), metavar="HxW", help="composed video size (default 120x216)")
     p.add_argument("--method", default="flowprop", help="CPU-bound per-video method (default flowprop)")
     p.add_argument("--noop-trials", type=int, default=10)
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    h, w = args.size
 
     capacity = parallel_capacity()
     home = tempfile.mkdtemp(prefix="fanout-home-")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "two_trials": {k: round(v, 3) for k, v in two.items()},
         "speedup": round(two["videos_per_s"] / one["videos_per_s"], 2),
         "machine_parallel_capacity": round(capacity, 2),
-        "videos": args.videos, "frames": args.frames, "size": args.size, "method": args.method,
+        "videos": args.videos, "frames": args.frames, "size": f"{h}x{w}", "method": args.method,
         "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }  # fmt: skip
     if args.json:

@@ -10,6 +10,7 @@ checked for a known scheme only: their existence is the storage layer's business
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,30 +101,28 @@ def checkpoint_path(value: str | Path, flag: str) -> str:
     return str(path)
 
 
+INPAINT_SWEEP = "inpaint-regularizers"
+
+
 def sweep_inputs(specs: Sequence[Any]) -> None:
     """Per-video inpainting sweeps: their sources exist and have masks, before Ray starts."""
     for spec in specs:
-        if spec.kind == "inpaint-regularizers" and spec.data.get("sources"):
-            video_sources([str(s) for s in spec.data["sources"]], flag=f"{spec.path}: data.sources")
+        if spec.kind.name == INPAINT_SWEEP and spec.data.sources:
+            video_sources([str(s) for s in spec.data.sources], flag=f"{spec.path}: data.sources")
 
 
-def sweep_gpu_overrides(spec_path: Path, specs: Sequence[Any], gpus_per_trial: float | None) -> dict[str, Any]:
-    """``--gpus-per-trial`` as spec overrides: ``resources.gpus_per_trial`` of every per-video
-    inpainting sweep in the file (training sweeps give each Train worker one GPU instead)."""
+def sweep_gpus(specs: Sequence[Any], gpus_per_trial: float | None) -> list[Any]:
+    """``--gpus-per-trial`` over ``resources.gpus_per_trial`` of every per-video inpainting sweep
+    (training sweeps give each Ray Train worker one GPU instead)."""
     if gpus_per_trial is None:
-        return {}
+        return list(specs)
     if gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial:g}")
-    if not any(s.kind == "inpaint-regularizers" for s in specs):
-        raise ConfigError("--gpus-per-trial applies to inpaint-regularizers sweeps; training sweeps give each "
+    if not any(s.kind.name == INPAINT_SWEEP for s in specs):
+        raise ConfigError(f"--gpus-per-trial applies to {INPAINT_SWEEP} sweeps; training sweeps give each "
                           "Ray Train worker one GPU when the cluster has or can start GPUs")  # fmt: skip
-    import yaml
-
-    raw = yaml.safe_load(Path(spec_path).read_text())
-    if "sweeps" not in raw:
-        return {"resources.gpus_per_trial": gpus_per_trial}
-    return {f"{key}.resources.gpus_per_trial": gpus_per_trial
-            for key, sub in raw["sweeps"].items() if sub.get("kind") == "inpaint-regularizers"}  # fmt: skip
+    return [replace(s, resources=replace(s.resources, gpus_per_trial=gpus_per_trial)) if s.kind.name == INPAINT_SWEEP
+            else s for s in specs]  # fmt: skip
 
 
 def sweep_resources(specs: Sequence[Any]) -> None:
@@ -132,6 +131,6 @@ def sweep_resources(specs: Sequence[Any]) -> None:
 
     cap = cluster_capacity()
     for spec in specs:
-        if spec.kind == "inpaint-regularizers":
+        if spec.kind.name == INPAINT_SWEEP:
             r = spec.resources
             check_trial(r.cpus_per_trial, r.gpus_per_trial, cap, flag=f"{spec.name}: resources.gpus_per_trial")

@@ -23,15 +23,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="run name (default: demo-<preset>); rerunning the same name resumes")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default from the preset)")
     p.add_argument("--sweep", choices=("lambda", "tau", "none"), default=None, help="which demo sweep to run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the preset's spec (sweeps/experiments/demo-PRESET.yaml), dotted for "
+                        "sections, repeatable (e.g. --set train.stage1_epochs=2)")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.config import parse_sets
     from vilocal_dist.experiments.demo import resolve_preset, run_demo
     from vilocal_dist.tracking.setup import home_dir
 
-    preset = resolve_preset(args.preset, workers=args.workers, sweep=args.sweep)
+    flags = {"workers": args.workers, "sweep": args.sweep}
+    overrides = {**{k: v for k, v in flags.items() if v is not None}, **parse_sets(args.overrides)}
+    spec = resolve_preset(args.preset, overrides)
     name = args.name or f"demo-{args.preset}"
     out = args.out or home_dir() / name
-    run_demo(preset, out, name=name)
+    run_demo(spec, out, name=name)
     return 0

@@ -49,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.tuning import init_ray
-    from vilocal_dist.engines.config import parse_overrides
+    from vilocal_dist.config import parse_sets
     from vilocal_dist.experiments.registry import describe, resolve_config, run_experiment
     from vilocal_dist.tracking.setup import ui_command
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_sets(args.overrides)
     if args.workdir:
         overrides["workdir"] = str(Path(args.workdir).expanduser().resolve())
     spec, _ = resolve_config(args.name, tiny=args.tiny, config=args.config, overrides=overrides)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vilocal_dist.cli.args import parse_size
+from vilocal_dist.config import apply_sets, parse_sets
 from vilocal_dist.errors import ConfigError
 
 
@@ -59,16 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["iivi.preset=tiny"]`` -> ``{"iivi": {"preset": "tiny"}}``."""
-    from vilocal_dist.engines.config import parse_overrides
-
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_overrides(items).items():
-        method, sep, option = key.partition(".")
-        if not sep or not option:
+    """``["iivi.preset=tiny"]`` -> ``{"iivi": {"preset": "tiny"}}`` (the shared ``--set`` syntax)."""
+    sets = parse_sets(items)
+    for key in sets:
+        if "." not in key:
             raise ConfigError(f"--set {key}=…: write METHOD.KEY=VALUE (e.g. iivi.preset=tiny)")
-        out.setdefault(method, {})[option] = value
-    return out
+    return apply_sets({}, sets)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from vilocal_dist.cli import checks
-from vilocal_dist.cli.args import size_type
 from vilocal_dist import __version__
+from vilocal_dist.cli import checks
+from vilocal_dist.config import apply_sets, parse_sets, size_arg
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.video.io import IMAGE_EXTS, read_mask_image, resize_mask, write_png_folder, write_video
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="method option, repeatable (e.g. --set preset=tiny --set iterations=500)",
     )  # fmt: skip
-    p.add_argument("--size", type=size_type(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
+    p.add_argument("--size", type=size_arg(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
     p.add_argument("--max-frames", type=int, default=None, metavar="T", help="use only the first T frames")
     p.add_argument("--workdir", type=Path, default=None, help="checkpoints for resuming (default OUT/.work)")
     p.add_argument("--seq", default=None, help="sequence name when VIDEO is a DAVIS root with several")
@@ -83,20 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F",
                    help="with --auto-lambda: GPUs per trial (fractions pack trials on a GPU; default 0 = CPU)")
     p.set_defaults(func=run)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["iterations=500", "preset=tiny"]`` -> {"iterations": 500, "preset": "tiny"} (JSON values, else text)."""
-    cfg: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            cfg[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key.strip()] = value
-    return cfg
 
 
 def input_hash(frames: np.ndarray, masks: np.ndarray) -> str:
@@ -193,8 +179,12 @@ def run(args: argparse.Namespace) -> int:
         _print_methods()
         return 0
     method = get_method(args.method)
-    cfg = parse_overrides(args.overrides)
+    cfg = apply_sets({}, parse_sets(args.overrides))
     method.resolve(cfg)  # every option checked before decoding anything
+    if args.auto_lambda:
+        from vilocal_dist.distributed.auto_lambda import check_lambda_method
+
+        check_lambda_method(args.method, cfg)
     out = Path(checks.output_dir(args.out))
     frames, masks, described = load_inputs(args)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
-from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run the sweep(s) of SPEC: Optuna TPE (seeded) over the spec's search space, ASHA\n"
             "early stopping when the spec asks for it, one Tune trial per sample. Kinds:\n"
             "vilocal-contrastive (τ; stage 1 + stage 2 per trial), vilocal-focal (α, γ on one\n"
-            "shared stage-1 encoder), inpaint-regularizers (IIVI λ_a, λ_s per video, scored by\n"
-            "held-out known-pixel PSNR). The whole spec is validated before anything starts.\n"
+            "shared stage-1 encoder), inpaint-regularizers (an inpainting method's weights, e.g.\n"
+            "IIVI λ_a, λ_s, per video, scored by held-out known-pixel PSNR). The whole spec is\n"
+            "validated before anything starts.\n"
             "MLflow: a parent run per sweep (best_config.json, results.csv/.md, plots) and a\n"
             "child run per trial. Results live in <storage>/<sweep name>; --resume continues an\n"
             "interrupted sweep without redoing finished trials."
@@ -31,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("spec", metavar="SPEC.yaml", help="sweep spec: a file, or the name of a shipped one (demo.yaml, "
-                                                      "vilocal-focal, …; see sweeps/)")
+    p.add_argument("spec", metavar="SPEC.yaml", help="sweep spec (see sweeps/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, dotted and repeatable (num_samples=4, base.stage1_epochs=1, "
                         "search_space.tau.high=0.3); in a multi-sweep file prefix a sub-sweep name to target one")  # fmt: skip
@@ -51,44 +49,23 @@ def _fmt(key: str, value: object) -> str:
     return f"{key}={value:.4g}" if isinstance(value, float) and math.isfinite(value) else f"{key}={value}"
 
 
-def check_train_data(specs: list[Any]) -> None:
-    """A training sweep's dataset (and a focal sweep's given encoder) must exist before Ray starts:
-    otherwise every trial fails on it, one after another."""
-    from vilocal_dist.data.manifest import ForgedDataset
-    from vilocal_dist.engines.checkpoint import load_checkpoint
-    from vilocal_dist.errors import InputError
-    from vilocal_dist.tracking.setup import home_dir
-
-    for spec in specs:
-        if spec.kind == "inpaint-regularizers":
-            continue
-        if not spec.data.get("forge"):
-            root = (home_dir() / Path(spec.data["root"]).expanduser()).resolve()  # as the sweep resolves it
-            if not ForgedDataset(root).records(split="train"):
-                raise InputError(f"sweep {spec.name!r}: data.root holds no complete training videos "
-                                 "(forge them first, or add data.forge to the spec)", root)
-        if spec.data.get("encoder"):
-            load_checkpoint(Path(spec.data["encoder"]).expanduser())
-
-
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.cli import checks
+    from vilocal_dist.config import parse_sets
     from vilocal_dist.distributed.spec import load_specs
-    from vilocal_dist.distributed.sweep import run_spec_file
+    from vilocal_dist.distributed.sweep import run_specs
     from vilocal_dist.distributed.tuning import init_ray
-    from vilocal_dist.engines.config import parse_overrides
     from vilocal_dist.paths import resolve_spec
     from vilocal_dist.tracking.setup import ui_command
 
-    spec_path = resolve_spec(args.spec)
-    overrides = parse_overrides(args.overrides)
-    overrides.update(checks.sweep_gpu_overrides(spec_path, load_specs(spec_path, overrides, args.only), args.gpus_per_trial))
-    specs = load_specs(spec_path, overrides, args.only)
-    check_train_data(specs)  # every sub-sweep validated before Ray starts
+    specs = load_specs(resolve_spec(args.spec), parse_sets(args.overrides), args.only)  # every sub-sweep, before Ray
+    specs = checks.sweep_gpus(specs, args.gpus_per_trial)
+    for spec in specs:
+        spec.kind.check_inputs(spec)
     checks.sweep_inputs(specs)
     init_ray(args.address, args.num_cpus)
     checks.sweep_resources(specs)  # a trial no node can ever host fails now, not after a hang
-    outcomes = run_spec_file(spec_path, overrides, resume=args.resume, only=args.only, stop_after=args.stop_after)
+    outcomes = run_specs(specs, resume=args.resume, stop_after=args.stop_after)
     for o in outcomes:
         state = "complete" if o.complete else "interrupted (continue with --resume)"
         print(f"sweep {o.name}: {len(o.rows)} trials, {state}; results in {o.path}")

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from vilocal_dist.cli import checks
     from vilocal_dist.distributed.train import scaling, train
     from vilocal_dist.distributed.tuning import init_ray
-    from vilocal_dist.engines.config import load_config, parse_overrides
+    from vilocal_dist.config import parse_sets
+    from vilocal_dist.engines.config import load_config
     from vilocal_dist.engines.datasets import training_datasets
     from vilocal_dist.tracking import tracking_uri, ui_command
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "joint" and args.encoder is not None:
         raise ConfigError("--stage joint trains the encoder from scratch: drop --encoder")
     overrides = {"model": args.preset} if args.preset else {}
-    overrides.update(parse_overrides(args.overrides))
+    overrides.update(parse_sets(args.overrides))
     cfg = load_config(args.config, overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run_name = args.run_name or time.strftime("train-%Y%m%d-%H%M%S")

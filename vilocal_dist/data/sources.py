@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vilocal_dist.config import parse_size
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.video.io import (
     VideoInfo,
@@ -250,10 +251,10 @@ def _composed_source(spec: str) -> ArraySource:
     try:
         seed = int(parts[0])
         num_frames = int(parts[1]) if len(parts) > 1 else 24
-        height, width = (int(v) for v in parts[2].lower().split("x")) if len(parts) > 2 else (240, 432)
+        height, width = parse_size(parts[2], minimum=1) if len(parts) > 2 else (240, 432)
         if len(parts) > 3:
             raise ValueError
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, ConfigError):
         raise ConfigError(f"bad built-in source {spec!r}; expected composed:SEED[:FRAMES[:HxW]]") from None
     video = compose_video(seed, num_frames, (height, width))
     return ArraySource(video.name, video.frames, video.masks, backgrounds=video.backgrounds, spec=spec)

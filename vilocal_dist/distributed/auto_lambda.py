@@ -38,15 +38,31 @@ from vilocal_dist.distributed.tuning import (
     parent_run,
     result_rows,
 )
+from vilocal_dist.config import apply_sets, parse_sets, size_arg
+from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.base import InpaintResult, check_inputs
-from vilocal_dist.inpaint.registry import get_method
+from vilocal_dist.inpaint.registry import check_method_config, get_method
 from vilocal_dist.tracking.runs import log_json
 
 METRIC = "selfval/psnr"
 TRUE_METRIC = "true/hole_psnr"
 EXPERIMENT = "vilocal-auto-lambda"
+#: The regulariser weights a method must have for auto-λ (its config class's field names).
+LAMBDA_KEYS = ("lambda_a", "lambda_s")
+#: Where Optuna draws λ_a and λ_s from (log-uniformly) when sampling instead of the grid.
+LAMBDA_RANGE = (1e-3, 1.0)
 #: λ_a × λ_s around the paper's (0.1, 0.2), including "off" for each regulariser.
 DEFAULT_GRID: tuple[tuple[float, float], ...] = tuple(itertools.product((0.0, 0.1, 0.5), (0.0, 0.2, 1.0)))
+
+
+def check_lambda_method(method: str, base_cfg: Mapping[str, Any] | None = None) -> None:
+    """Up front (before decoding or Ray): ``method`` must be registered, accept ``base_cfg`` and
+    have λ_a and λ_s among its options; asks the method registry, not a list of names."""
+    resolved = check_method_config(method, dict(base_cfg or {}))
+    missing = [k for k in LAMBDA_KEYS if not hasattr(resolved, k)]
+    if missing:
+        raise ConfigError(f"--auto-lambda: method {method!r} has no {', '.join(missing)} option to choose "
+                          "(a method with the IIVI regularisers is needed, e.g. iivi)")
 RESULT_FILE = "result.npz"
 
 
@@ -55,7 +71,7 @@ def grid_configs(grid: Sequence[tuple[float, float]] | Mapping[str, Sequence[flo
     if isinstance(grid, Mapping):
         keys = list(grid)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-    return [{"lambda_a": float(a), "lambda_s": float(s)} for a, s in grid]
+    return [dict(zip(LAMBDA_KEYS, (float(a), float(s)))) for a, s in grid]
 
 
 def inpaint_trial(
@@ -172,7 +188,7 @@ def auto_lambda(
     *,
     grid: Sequence[tuple[float, float]] | Mapping[str, Sequence[float]] | None = None,
     num_samples: int | None = None,
-    lambda_range: tuple[float, float] = (1e-3, 1.0),
+    lambda_range: tuple[float, float] = LAMBDA_RANGE,
     base_cfg: Mapping[str, Any] | None = None,
     gt_frames: np.ndarray | None = None,
     method: str = "iivi",
@@ -197,13 +213,14 @@ def auto_lambda(
 
     from vilocal_dist.tracking.sweep_report import sort_rows
 
-    init_ray()
     base = dict(base_cfg or {})
+    check_lambda_method(method, base)
     if grid is not None and num_samples is not None:
         raise ValueError("give grid or num_samples, not both")
+    init_ray()
     if num_samples is not None:
         low, high = lambda_range
-        params: Any = {"lambda_a": tune.loguniform(low, high), "lambda_s": tune.loguniform(low, high)}
+        params: Any = {key: tune.loguniform(low, high) for key in LAMBDA_KEYS}
         search_alg, samples = OptunaSearch(seed=seed), num_samples
     else:
         params, search_alg, samples = tune.grid_search(grid_configs(grid or DEFAULT_GRID)), None, 1
@@ -280,7 +297,6 @@ def _parse_grid(text: str) -> list[tuple[float, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from vilocal_dist.data.composed import compose_video
-    from vilocal_dist.engines.config import parse_overrides
 
     p = argparse.ArgumentParser(
         prog="python -m vilocal_dist.distributed.auto_lambda",
@@ -289,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--composed", type=int, default=3, help="number of composed videos (seeds SEED…)")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", default="48x64", help="HxW of the composed videos")
+    p.add_argument("--size", type=size_arg(), default=(48, 64), metavar="HxW", help="composed video size (default 48x64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", type=_parse_grid, default=None, help="λ pairs la:ls,… (default: 3×3 grid)")
     p.add_argument("--method", default="iivi")
@@ -302,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import ray
 
-    h, w = (int(v) for v in args.size.lower().split("x"))
-    base = {"preset": "tiny", "random_vgg": True, "iters_recon": 150, "iters_reg": 150, **parse_overrides(args.overrides)}
+    h, w = args.size
+    base = apply_sets({"preset": "tiny", "random_vgg": True, "iters_recon": 150, "iters_reg": 150}, parse_sets(args.overrides))
     init_ray(num_cpus=args.num_cpus)
     per_video, table = [], []
     for i in range(args.composed):
@@ -317,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = rows[0]
         best_true = max(r.get(TRUE_METRIC, -math.inf) for r in rows)
         worst_true = min(r.get(TRUE_METRIC, math.inf) for r in rows)
-        table.append({"video": video.name, "chosen": {k: chosen[k] for k in ("lambda_a", "lambda_s")},
+        table.append({"video": video.name, "chosen": {k: chosen[k] for k in LAMBDA_KEYS},
                       "chosen_true": chosen.get(TRUE_METRIC), "best_true": best_true,
                       "spread_true_db": best_true - worst_true, "agree": bool(hits)})  # fmt: skip
     hits, counted = agreement(per_video, args.tolerance)

@@ -154,6 +154,19 @@ def scaling(workers: int, use_gpu: bool | str, gpus_per_worker: float = 1.0) -> 
     return use_gpu, ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker)
 
 
+def fit_workers(requested: int, gpus_per_worker: float = 1.0) -> int:
+    """``requested`` Train workers cut to what the cluster can provide with ``--use-gpu auto`` (a
+    preset's 2 workers on a 1-GPU machine: 1 GPU worker, not a wait for a second GPU forever)."""
+    from vilocal_dist.distributed.resources import cluster_capacity, default_workers
+
+    _ensure_ray()
+    cap = cluster_capacity()
+    workers = default_workers(requested, cap.has_gpus, gpus_per_worker, cap)
+    if workers != requested:
+        log.warning("training on %d Ray Train worker(s) instead of %d: %s", workers, requested, cap.describe())
+    return workers
+
+
 def as_ray_checkpoint(path_or_ckpt: Any) -> Any:
     """A ray.train.Checkpoint from a Checkpoint, a checkpoint folder, or a model.pt path."""
     import ray.train

@@ -8,20 +8,18 @@ stage-specific fields carry a ``stage1_``/``stage2_`` prefix. The "joint" mode (
 stage: encoder and decoder trained together with the focal loss) runs ``stage1_epochs +
 stage2_epochs`` epochs, the encoder on the stage-1 and the decoder on the stage-2 learning rates.
 
-Load order: defaults < YAML file < ``--set key=value`` overrides. Unknown keys are a ConfigError
-that suggests the closest known key.
+Load order: defaults < YAML file < ``--set key=value`` overrides (the shared ``vilocal_dist.config``
+syntax). Unknown keys are a ConfigError that suggests the closest known key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import yaml
-
+from vilocal_dist.config import check_keys, from_mapping, load_yaml
 from vilocal_dist.errors import ConfigError
 
 #: Training modes of a run: one stage, both in turn, or "joint" (no contrastive stage).
@@ -121,76 +119,21 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | Path | None = None) -> "TrainConfig":
         """Build from a flat dict; unknown keys and wrongly typed values are ConfigErrors."""
-        _check_keys(d, source)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values = {key: _coerce(key, value, fields[key].type, source) for key, value in d.items()}
-        try:
-            return cls(**values)
-        except ConfigError as exc:  # a range check: name the file the values came from
-            if exc.path is None and source is not None:
-                raise ConfigError(exc.problem, source) from None
-            raise
+        return from_mapping(cls, d, "", source, "training config key")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-def _check_keys(d: Mapping[str, Any], source: str | Path | None) -> None:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    for key in d:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown training config key {key!r}{hint}", source)
-
-
-def _coerce(key: str, value: Any, type_name: Any, source: str | Path | None) -> Any:
-    """Check/convert one value to its field type (ints are accepted where floats are expected)."""
-    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(type_name), type_name)
-    if kind in (int, float) and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            value = float(value) if kind is float else int(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}", source) from None
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}", source)
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["tau=0.2", "model=vilocal_tiny"]`` -> ``{"tau": 0.2, "model": "vilocal_tiny"}`` (YAML scalars)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: cannot parse value ({exc})") from exc
-    return out
-
-
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, **defaults: Any
 ) -> TrainConfig:
-    """Defaults (plus ``defaults``, e.g. model from ``--preset``) < YAML ``path`` < ``overrides``."""
+    """Defaults (plus ``defaults``, e.g. model from ``--preset``) < YAML ``path`` < ``overrides``
+    (``--set`` values from :func:`vilocal_dist.config.parse_sets`)."""
     values: dict[str, Any] = dict(defaults)
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config ({exc.strerror})", path) from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML ({exc})", path) from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError("a training config must be a mapping of key: value", path)
-        _check_keys(loaded or {}, path)  # unknown keys name the YAML file they came from
-        values.update(loaded or {})
+        loaded = load_yaml(path, "training config")
+        check_keys(loaded, [f.name for f in dataclasses.fields(TrainConfig)], "", path, "training config key")
+        values.update(loaded)
     values.update(overrides or {})
     return TrainConfig.from_dict(values, source=path)

@@ -1,7 +1,7 @@
 """What the four protocols share: config files, the forged dataset, trained models, Ray tasks.
 
 A protocol's config is a YAML mapping (``sweeps/experiments/NAME.yaml``; the tiny variant
-``NAME-tiny.yaml`` is merged over it) plus ``--set a.b=value`` overrides. Sections every
+``NAME-tiny.yaml`` is merged over it) plus ``--set a.b=value`` overrides (``vilocal_dist.config``). Sections every
 training protocol shares:
 
 * ``data`` (:class:`DataSpec`): which source videos are forged, at what size, and the split;
@@ -19,9 +19,7 @@ after an interruption redoes only what is missing::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -30,73 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
+from vilocal_dist.config import check_keys, from_mapping
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.paths import spec_dir
 
 log = logging.getLogger(__name__)
 
-#: Where the protocol YAMLs live (package data: there in a checkout and in an installed package).
-SPEC_DIR = spec_dir() / "experiments"
+#: Where the sweep and protocol YAMLs live in a checkout (look them up with :func:`spec_file`).
+SPEC_ROOT = spec_dir()  # package data: there in a checkout and in an installed package
 
 
 # ----------------------------------------------------------------------------- config files
 
 
-def check_keys(d: Any, allowed: Sequence[str], where: str, source: str | Path | None) -> dict[str, Any]:
-    """``d`` as a dict whose keys are all in ``allowed``; else a ConfigError naming the closest key."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(d).__name__}", source)
-    for key in d:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            name = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"unknown key {name!r}{hint}; known: {', '.join(allowed)}", source)
-    return dict(d)
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read experiment config ({exc.strerror})", path) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML ({exc})", path) from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError("an experiment config must be a mapping of key: value", path)
-    return dict(loaded)
-
-
-def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.stage1_epochs": 2, "codecs": ["x264"]}`` over ``cfg`` (dotted keys reach into sections)."""
-    out = copy.deepcopy(dict(cfg))
-    for dotted, value in overrides.items():
-        keys = dotted.split(".")
-        node = out
-        for key in keys[:-1]:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {key!r} is not a section (it holds {child!r})")
-            node = child
-        node[keys[-1]] = value
-    return out
+def spec_file(relative: str | Path) -> Path:
+    """A spec shipped with the project, by its path under ``sweeps/`` (e.g. ``experiments/NAME.yaml``,
+    ``demo.yaml``): the one place that knows where specs live."""
+    return SPEC_ROOT / relative
 
 
 def config_hash(obj: Any) -> str:
@@ -111,24 +59,6 @@ def workdir_of(cfg: Mapping[str, Any]) -> Path:
     path = Path(cfg.get("workdir") or home_dir() / "experiments").expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def from_mapping(cls: type, d: Mapping[str, Any] | None, where: str, source: str | Path | None) -> Any:
-    """A frozen config dataclass from a mapping; unknown keys and wrong types are ConfigErrors."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    d = check_keys(d or {}, names, where, source)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in d.items():
-        default = defaults[key]
-        if isinstance(default, tuple):
-            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif type(value) is not type(default):
-            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}", source)
-        values[key] = value
-    return cls(**values)
 
 
 # ----------------------------------------------------------------------------- data
@@ -177,23 +107,26 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
     return [str(davis_root()) if spec == "davis" else spec for spec in specs]
 
 
-def forge_dataset(
-    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
-) -> Path:
-    """Forge every source with every method (Tune fan-out, one trial per video × method) into a
-    folder keyed by what it contains; complete videos are never redone. Returns the folder.
-    With ``data.dataset`` that dataset is returned instead, once it holds every method in both splits."""
-    if data.dataset:
-        return existing_dataset(Path(data.dataset).expanduser(), methods)
+def forge_videos(
+    out: Path, data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], *,
+    hold_out_last: bool = False,
+) -> Any:
+    """Forge every source with every method into ``out`` (Tune fan-out, one trial per video ×
+    method; complete videos are never redone); returns the ForgeSummary. The test split is a
+    hash of each source video's name, or with ``hold_out_last`` its last ``test_fraction`` of
+    videos (a hash split of a handful of videos can leave one split empty)."""
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
 
     cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
-    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
     size = (data.size_h, data.size_w)
     videos = expand_sources(resolve_sources(data.sources), composed=data.composed, frames=data.frames, size=size,
                             seed=data.seed)
     jobs = plan_jobs(videos, list(methods), method_cfgs={m: c for m, c in cfgs.items() if c},
                      test_fraction=data.test_fraction, seed=data.seed)
+    if hold_out_last:
+        test_videos = {name for name, _ in videos[-max(1, round(len(videos) * data.test_fraction)):]}
+        for job in jobs:
+            job["split"] = "test" if job["video"] in test_videos else "train"
     splits = {job["split"] for job in jobs}
     if splits != {"train", "test"}:
         raise ConfigError(f"data: every source video landed in the {splits.pop()} split; add videos or change "
@@ -204,7 +137,20 @@ def forge_dataset(
         max_frames=data.max_frames, cpus_per_trial=data.cpus_per_trial, gpus_per_trial=data.gpus_per_trial,
         max_concurrent=data.max_concurrent, retries=data.retries,
     )
-    summary = forge(jobs, opts)
+    return forge(jobs, opts)
+
+
+def forge_dataset(
+    data: DataSpec, methods: Sequence[str], method_cfgs: Mapping[str, Mapping[str, Any]], workdir: Path
+) -> Path:
+    """:func:`forge_videos` into a folder keyed by what it contains, so protocols share it; a
+    failed video is an error (rerun to retry it). Returns the folder. With ``data.dataset`` that
+    dataset is returned instead, once it holds every method in both splits."""
+    if data.dataset:
+        return existing_dataset(Path(data.dataset).expanduser(), methods)
+    cfgs = {m: dict(method_cfgs.get(m) or {}) for m in methods}
+    out = workdir / "forged" / config_hash({"data": data.identity(), "methods": cfgs})
+    summary = forge_videos(out, data, methods, method_cfgs)
     if summary.failed:
         raise InputError(f"forging failed for {', '.join(summary.failed)}; rerun the experiment to retry them", out)
     return out

@@ -3,61 +3,80 @@
 composed videos → forged dataset via the Tune fan-out (several inpainting methods) → stage 1
 (contrastive) → stage 2 (focal) on Ray Train → evaluation per method, seen and unseen → a tiny
 Optuna sweep → everything in MLflow, then a summary table and the command that opens the UI.
+
+A preset is an experiment spec (``sweeps/experiments/demo-NAME.yaml``) with the protocols'
+sections (``data``, ``methods``, ``method_cfgs``, ``train``, ``workers``), read through the same
+checks (``experiments.common.parse_setup``) and forged by the same code (``forge_videos``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from vilocal_dist.paths import resolve_spec
+from vilocal_dist.config import apply_sets, closest, load_yaml
+from vilocal_dist.errors import ConfigError
+from vilocal_dist.experiments.common import (
+    COMMON_KEYS,
+    SETUP_KEYS,
+    Setup,
+    check_keys,
+    forge_videos,
+    method_list,
+    parse_setup,
+    spec_file,
+)
 
 DEMO_EXPERIMENT = "vilocal-demo"
+#: The demo's presets: ``sweeps/experiments/demo-NAME.yaml``.
+PRESETS = ("default", "smoke")
+SWEEPS = ("lambda", "tau", "none")
 
 
 @dataclass(frozen=True)
-class DemoPreset:
-    """Sizes of one demo run; ``default`` is meant to fit in 15 minutes on 2 CPU cores."""
+class DemoSpec:
+    """One demo run, checked once when read: the protocols' shared sections (``setup``) plus which
+    methods training sees and which sub-sweep of ``sweeps/demo.yaml`` runs, with its overrides."""
 
-    videos: int = 16  # composed source videos (a quarter, at least one, go to the test split)
-    frames: int = 12
-    size_h: int = 96  # composed and forged videos
-    size_w: int = 160
-    train_h: int = 64  # clips are resized to this for training and evaluation
-    train_w: int = 112
-    train_methods: tuple[str, ...] = ("telea", "iivi")  # seen in training
-    unseen_methods: tuple[str, ...] = ("flowprop",)  # test-only: generalization to unseen methods
-    iivi_iters: int = 60  # reconstruction iterations per video (tiny generator)
-    # The laptop-scale protocol runs' detector settings (sweeps/experiments/laptop/): the paper's
-    # stage-1 lr (a higher one collapsed the contrastive stage on a few videos), a faster stage 2
-    # and α = 0.75 for hole pixels that are ~5% of a frame.
-    model: str = "vilocal_small"
-    stage1_epochs: int = 10
-    stage2_epochs: int = 5
-    stage1_lr: float = 5e-4
-    stage2_lr: float = 5e-3
-    alpha: float = 0.75
-    workers: int = 2  # Ray Train workers (DDP over gloo on CPU)
-    sweep: str = "lambda"  # which sub-sweep of sweeps/demo.yaml: lambda | tau | none
-    sweep_samples: int = 2
-    test_fraction: float = 0.25
-    seed: int = 0
-    method_cfgs: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+    setup: Setup
+    train_on: tuple[str, ...]  # seen in training; the other forged methods are test-only (unseen)
+    sweep: str  # lambda | tau | none
+    sweep_set: Mapping[str, Mapping[str, Any]]  # sub-sweep -> its --set overrides
+    description: str = ""
+
+    @property
+    def unseen(self) -> tuple[str, ...]:
+        return tuple(m for m in self.setup.methods if m not in self.train_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
-PRESETS: dict[str, DemoPreset] = {
-    "default": DemoPreset(),
-    # For CI and the job-submission test: every stage, tiniest sizes, about a minute or two.
-    "smoke": DemoPreset(
-        videos=4, frames=6, size_h=32, size_w=48, train_h=32, train_w=48, train_methods=("telea",), unseen_methods=("ns",),
-        model="vilocal_tiny", stage1_epochs=1, stage2_epochs=1, workers=1, sweep="lambda", sweep_samples=2,
-    ),
-}
+def validate(raw: Mapping[str, Any], source: str | Path | None) -> DemoSpec:
+    """The demo spec from its resolved YAML mapping (unknown keys and bad values name ``source``)."""
+    check_keys(raw, COMMON_KEYS + SETUP_KEYS + ("train_on", "sweep", "sweep_set"), "", source)
+    setup = parse_setup(raw, source)
+    train_on = method_list(raw.get("train_on"), "train_on", source, known=setup.methods)
+    sweep = raw.get("sweep", "none")
+    if sweep not in SWEEPS:
+        raise ConfigError(f"sweep: must be one of {', '.join(SWEEPS)}, got {sweep!r}", source)
+    sweep_set = check_keys(raw.get("sweep_set") or {}, SWEEPS[:2], "sweep_set", source)
+    return DemoSpec(setup, train_on, sweep, {k: dict(v or {}) for k, v in sweep_set.items()},
+                    str(raw.get("description", "")))
+
+
+def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> DemoSpec:
+    """The demo spec of preset ``name`` with ``--set`` ``overrides`` applied, checked."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown demo preset {name!r}{closest(name, PRESETS)}; known: {', '.join(PRESETS)}")
+    path = spec_file(f"experiments/demo-{name}.yaml")
+    return validate(apply_sets(load_yaml(path, "demo spec"), overrides or {}, path), path)
 
 
 class PeakMemory:
@@ -96,50 +115,14 @@ def _step(n: int, total: int, text: str) -> None:
     print(f"\n[demo {n}/{total}] {text}", flush=True)
 
 
-def _forge(preset: DemoPreset, out: Path) -> Any:
-    from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
+def _train(spec: DemoSpec, data: Path, run_name: str) -> list[Any]:
+    from vilocal_dist.distributed.train import fit_workers, train
 
-    methods = [*preset.train_methods, *preset.unseen_methods]
-    cfgs = {"iivi": {"preset": "tiny", "iters_recon": preset.iivi_iters, "iters_reg": 0}}
-    cfgs = {m: {**cfgs.get(m, {}), **preset.method_cfgs.get(m, {})} for m in methods if m in cfgs or m in preset.method_cfgs}
-    videos = expand_sources([], composed=preset.videos, frames=preset.frames,
-                            size=(preset.size_h, preset.size_w), seed=preset.seed)
-    jobs = plan_jobs(videos, methods, method_cfgs=cfgs, test_fraction=preset.test_fraction, seed=preset.seed)
-    # A hash split of a handful of videos can leave the test split empty; the demo holds out the
-    # last quarter of its source videos instead (still by source video, never by clip).
-    n_test = max(1, round(preset.videos * preset.test_fraction))
-    test_videos = {name for name, _ in videos[-n_test:]}
-    for job in jobs:
-        job["split"] = "test" if job["video"] in test_videos else "train"
-    opts = ForgeOptions(out=str(out), seed=preset.seed, test_fraction=preset.test_fraction, retries=1)
-    return forge(jobs, opts)
+    return train("both", spec.setup.train, data, run_name=run_name, methods=list(spec.train_on),
+                 workers=fit_workers(spec.setup.workers))
 
 
-def _train(preset: DemoPreset, data: Path, run_name: str) -> list[Any]:
-    from vilocal_dist.distributed.train import train
-    from vilocal_dist.engines.config import TrainConfig
-
-    cfg = TrainConfig(
-        model=preset.model, size_h=preset.train_h, size_w=preset.train_w, batch_size=2, seed=preset.seed,
-        val_fraction=0.2, stage1_epochs=preset.stage1_epochs, stage2_epochs=preset.stage2_epochs,
-        stage1_lr=preset.stage1_lr, stage2_lr=preset.stage2_lr, stage2_min_lr=1e-4, alpha=preset.alpha,
-    )
-    return train("both", cfg, data, run_name=run_name, methods=list(preset.train_methods), workers=preset.workers)
-
-
-def _fit_workers(preset: DemoPreset) -> DemoPreset:
-    """The preset's Train workers cut to what the cluster can provide (a 1-GPU machine trains on
-    one GPU worker rather than waiting forever for a second GPU)."""
-    from vilocal_dist.distributed.resources import cluster_capacity, default_workers
-
-    cap = cluster_capacity()
-    workers = default_workers(preset.workers, cap.has_gpus, 1.0, cap)
-    if workers != preset.workers:
-        print(f"Train workers: {workers} instead of {preset.workers} ({cap.describe()})", flush=True)
-    return replace(preset, workers=workers)
-
-
-def _evaluate(preset: DemoPreset, checkpoint: str, data: Path) -> list[dict[str, Any]]:
+def _evaluate(spec: DemoSpec, checkpoint: str, data: Path) -> list[dict[str, Any]]:
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
 
     scores = evaluate_checkpoint(Path(checkpoint) / "model.pt", data, split="test", progress=False)
@@ -147,7 +130,7 @@ def _evaluate(preset: DemoPreset, checkpoint: str, data: Path) -> list[dict[str,
     for method, s in sorted(scores.get("by_method", {}).items()):
         rows.append({
             "method": method,
-            "seen": "seen" if method in preset.train_methods else "unseen",
+            "seen": "seen" if method in spec.train_on else "unseen",
             "test videos": s["videos"],
             "frames": s["frames"],
             "F1 (pooled)": s["pooled"]["f1"],
@@ -167,14 +150,11 @@ def _evaluate(preset: DemoPreset, checkpoint: str, data: Path) -> list[dict[str,
     return rows
 
 
-def _sweep(preset: DemoPreset) -> list[Any]:
+def _sweep(spec: DemoSpec) -> list[Any]:
     from vilocal_dist.distributed.sweep import run_spec_file
 
-    spec = resolve_spec("demo.yaml")
-    overrides = {"num_samples": preset.sweep_samples}
-    if preset.sweep == "lambda":
-        overrides.update({"data.frames": min(preset.frames, 6), "base.iters_recon": 30, "base.iters_reg": 30})
-    return run_spec_file(spec, overrides, only=[preset.sweep], resume=True)
+    overrides = spec.sweep_set.get(spec.sweep, {})
+    return run_spec_file(spec_file("demo.yaml"), overrides, only=[spec.sweep], resume=True)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -188,7 +168,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, Any]:
+def run_demo(spec: DemoSpec, out: Path, *, name: str = "demo") -> dict[str, Any]:
     """Run every stage; returns the summary (also written to ``out/summary.json``)."""
     import mlflow
     import ray
@@ -199,43 +179,43 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri()
-    total = 6 if preset.sweep != "none" else 5
+    total = 6 if spec.sweep != "none" else 5
+    setup = spec.setup
     start = time.perf_counter()
     timings: dict[str, float] = {}
     with PeakMemory() as mem:
         _step(1, total, f"starting Ray (local) · MLflow store {uri}")
         # Inside `ray job submit` RAY_ADDRESS names the cluster; otherwise a local Ray with enough
         # logical CPUs for the trainer's workers + a Tune driver (on 2 cores they time-share).
-        init_ray(address=os.environ.get("RAY_ADDRESS"), num_cpus=max(os.cpu_count() or 2, preset.workers + 2))
+        init_ray(address=os.environ.get("RAY_ADDRESS"), num_cpus=max(os.cpu_count() or 2, setup.workers + 2))
         print(f"Ray resources: {ray.cluster_resources()}", flush=True)
-        preset = _fit_workers(preset)
         # Each stage opens its own MLflow runs (forge/sweep parents, train stages); MLflow allows one
         # active run per process, so the demo's own summary run is written after them.
         t = time.perf_counter()
-        methods = [*preset.train_methods, *preset.unseen_methods]
-        _step(2, total, f"forging {preset.videos} composed videos × {len(methods)} methods "
+        methods = setup.methods
+        _step(2, total, f"forging {setup.data.composed} composed videos × {len(methods)} methods "
                         f"({', '.join(methods)}) through the Tune fan-out → {out / 'forged'}")
-        summary = _forge(preset, out / "forged")
+        summary = forge_videos(out / "forged", setup.data, methods, setup.method_cfgs, hold_out_last=True)
         if summary.failed:
             raise RuntimeError(f"forge trials failed: {summary.failed}")
         timings["forge_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        _step(3, total, f"training ViLocal ({preset.model}) on {', '.join(preset.train_methods)}: "
-                        f"stage 1 (contrastive) then stage 2 (focal) on {preset.workers} Ray Train worker(s)")
-        outcomes = _train(preset, out / "forged", run_name=f"{name}-vilocal")
+        _step(3, total, f"training ViLocal ({setup.train.model}) on {', '.join(spec.train_on)}: "
+                        f"stage 1 (contrastive) then stage 2 (focal) on {setup.workers} Ray Train worker(s)")
+        outcomes = _train(spec, out / "forged", run_name=f"{name}-vilocal")
         timings["train_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         _step(4, total, "evaluating on held-out source videos, per inpainting method (seen and unseen)")
-        rows = _evaluate(preset, outcomes[-1].checkpoint, out / "forged")
+        rows = _evaluate(spec, outcomes[-1].checkpoint, out / "forged")
         timings["evaluate_s"] = time.perf_counter() - t
 
         sweep_info: dict[str, Any] = {}
-        if preset.sweep != "none":
+        if spec.sweep != "none":
             t = time.perf_counter()
-            _step(5, total, f"tiny Optuna sweep '{preset.sweep}' from sweeps/demo.yaml")
-            for outcome in _sweep(preset):
+            _step(5, total, f"tiny Optuna sweep '{spec.sweep}' from sweeps/demo.yaml")
+            for outcome in _sweep(spec):
                 best = outcome.best or {}
                 sweep_info = {"sweep": outcome.name, "metric": outcome.metric, "trials": len(outcome.rows),
                               "best_metric": best.get(outcome.metric),
@@ -245,12 +225,12 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
 
         table = markdown_table(rows)
         result = {
-            "preset": asdict(preset), "out": str(out), "tracking_uri": uri, "storage": storage_path(),
+            "preset": spec.to_dict(), "out": str(out), "tracking_uri": uri, "storage": storage_path(),
             "checkpoints": {f"stage{o.stage}": o.checkpoint for o in outcomes},
             "mlflow_runs": {f"stage{o.stage}": o.mlflow_run_id for o in outcomes},
-            "forge": asdict(summary), "evaluation": rows, "sweep": sweep_info, "timings": timings,
+            "forge": dataclasses.asdict(summary), "evaluation": rows, "sweep": sweep_info, "timings": timings,
         }
-        with mlflow_run(DEMO_EXPERIMENT, name, params={"preset": asdict(preset), "out": str(out)}) as run:
+        with mlflow_run(DEMO_EXPERIMENT, name, params={"preset": spec.to_dict(), "out": str(out)}) as run:
             result["mlflow_runs"]["demo"] = run.info.run_id
             mlflow.log_text(table, "summary.md")
             log_json(result, "summary.json")
@@ -273,11 +253,3 @@ def run_demo(preset: DemoPreset, out: Path, *, name: str = "demo") -> dict[str, 
     print(f"forged dataset: {out / 'forged'}\ncheckpoints: {result['checkpoints']}")
     print(f"summary: {out / 'summary.json'}\nMLflow store: {uri}\nopen the dashboard: {ui_command(uri)}")
     return result
-
-
-def resolve_preset(name: str, **overrides: Any) -> DemoPreset:
-    from vilocal_dist.errors import ConfigError
-
-    if name not in PRESETS:
-        raise ConfigError(f"unknown demo preset {name!r}; known: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -18,7 +18,6 @@ would block. It always ends: FINISHED, FAILED, or KILLED on Ctrl-C.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import json
 import time
@@ -26,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from vilocal_dist.config import apply_sets, closest, deep_merge, load_yaml
 from vilocal_dist.errors import ConfigError
-from vilocal_dist.experiments.common import SPEC_DIR, apply_overrides, deep_merge, read_yaml, workdir_of, write_text_atomic
+from vilocal_dist.experiments.common import spec_file, workdir_of, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,13 @@ def get_experiment(name: str) -> tuple[ExperimentInfo, bool]:
     tiny = name.endswith(TINY_SUFFIX) and name[: -len(TINY_SUFFIX)] in EXPERIMENTS
     base = name[: -len(TINY_SUFFIX)] if tiny else name
     if base not in EXPERIMENTS:
-        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown experiment {name!r}{hint}; known: {', '.join(EXPERIMENTS)}")
+        raise ConfigError(f"unknown experiment {name!r}{closest(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[base], tiny
 
 
 def spec_paths(name: str, tiny: bool) -> list[Path]:
     """The YAML files that make the config of ``name``, base first."""
-    paths = [SPEC_DIR / f"{name}.yaml"] + ([SPEC_DIR / f"{name}{TINY_SUFFIX}.yaml"] if tiny else [])
+    paths = [spec_file(f"experiments/{name}.yaml")] + ([spec_file(f"experiments/{name}{TINY_SUFFIX}.yaml")] if tiny else [])
     for path in paths:
         if not path.is_file():
             raise ConfigError("experiment config not found (is the package installed with its data?)", path)
@@ -84,8 +82,8 @@ def resolve_config(
         paths.append(Path(config))
     raw: dict[str, Any] = {}
     for path in paths:
-        raw = deep_merge(raw, read_yaml(path))
-    raw = apply_overrides(raw, overrides or {})
+        raw = deep_merge(raw, load_yaml(path, "experiment config"))
+    raw = apply_sets(raw, overrides or {})
     module = importlib.import_module(f"vilocal_dist.experiments.{info.module}")
     return module.validate(raw, paths[-1]), raw
 

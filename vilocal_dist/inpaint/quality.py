@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from vilocal_dist.config import apply_sets, check_keys, parse_sets, size_arg
+from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.inpaint.metrics import fixed_masks, quality_metrics
 
@@ -102,21 +104,6 @@ def davis_fixed_videos(num_frames: int, size: tuple[int, int] | None, seq: str =
     yield f"{seq}-fixed", blanked, masks, frames
 
 
-def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
-    cfg: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        method, dot, option = key.partition(".")
-        if not sep or not dot:
-            raise SystemExit(f"--set expects METHOD.KEY=VALUE, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        cfg.setdefault(method, {})[option] = parsed
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m vilocal_dist.inpaint.quality",
@@ -125,16 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--composed", type=int, default=0, metavar="N", help="score on N built-in composed videos")
     p.add_argument("--davis-fixed", action="store_true", help="score on DAVIS bmx-trees with the fixed-mask protocol")
     p.add_argument("--frames", type=int, default=12, metavar="T", help="frames per video (default 12)")
-    p.add_argument("--size", default="64x112", metavar="HxW", help="working resolution (default 64x112)")
+    p.add_argument("--size", type=size_arg(), default=(64, 112), metavar="HxW", help="working resolution (default 64x112)")
     p.add_argument("--methods", default="telea,ns,flowprop", help="comma-separated method names")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method option")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     p.add_argument("--progress", action="store_true", help="show the methods' progress bars")
     args = p.parse_args(argv)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = args.size
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = _parse_sets(args.sets)
+    try:
+        cfg = check_keys(apply_sets({}, parse_sets(args.sets)), methods, "", "--set METHOD.KEY=VALUE")
+    except ConfigError as exc:
+        p.error(str(exc))
     sections = []
     if args.composed:
         sections.append(("composed", composed_videos(args.composed, args.frames, (height, width))))
