@@ -82,10 +82,13 @@ def _fake_propagation(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
 
     def propagate_mask(frames, mask, frame_index, cfg=None, *, seed=0, progress=True):
         calls.append((frames.shape, mask.shape, frame_index))
-        return np.repeat(mask[None], len(frames), axis=0)
+        summary = {"iters": 0, "stop": "fake", "adapt_iters": 0, "confidence": [1.0] * len(frames),
+                   "mean_confidence": 1.0, "flag_reasons": {}}  # fmt: skip
+        return types.SimpleNamespace(masks=np.repeat(mask[None], len(frames), axis=0), summary=lambda: summary)
 
     fake = types.ModuleType("vilocal_dist.inpaint.propagation")
     fake.propagate_mask = propagate_mask
+    fake.dilate = lambda masks, radius: masks
     monkeypatch.setitem(sys.modules, "vilocal_dist.inpaint.propagation", fake)
 
 

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("video", help="video file, frame folder, DAVIS sequence folder, forged video folder or composed:SEED")
-    p.add_argument("--model", required=True, metavar="CKPT", help="stage-2 checkpoint (folder or model.pt)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="stage-2 checkpoint (folder or model.pt) or registered model "
+                        "(models:/vilocal-detector/VERSION or models:/vilocal-detector@ALIAS)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",

@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", metavar="CKPT", help="stage-2 checkpoint (folder or model.pt)")
+    what.add_argument("--model", metavar="MODEL",
+                      help="stage-2 checkpoint (folder or model.pt) or registered model "
+                           "(models:/vilocal-detector/VERSION or models:/vilocal-detector@ALIAS)")
     what.add_argument("--predictions", type=Path, metavar="DIR",
                       help="another detector's masks / probability maps: DIR/<video id>/<frame>.png|.npy")
     p.add_argument("--detector-name", default=None,
@@ -58,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.errors import ConfigError
+    from vilocal_dist.tracking.model_registry import is_model_uri, record_evaluation
 
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be in (0, 1), got {args.threshold}")
@@ -77,10 +80,17 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.json)
     if args.experiment:
         result["mlflow_run_id"] = log_result(result, args.experiment, "predictions" if args.predictions else "checkpoint")
+    if args.experiment or is_model_uri(args.model or ""):  # the dataset is the run's input; a registered
+        # model gets the scores on its version (without --experiment, in a run of vilocal-evaluate)
+        result["mlflow_run_id"] = record_evaluation(args.model or args.predictions, args.data, result,
+                                                    split=args.split, run_id=result.get("mlflow_run_id"))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print_result(result)
+    if "mlflow_run_id" in result:
+        print(f"  MLflow: evaluation run {result['mlflow_run_id']}"
+              + (f"; scores added to {args.model}" if is_model_uri(args.model or "") else ""))
     return 0
 
 
@@ -105,17 +115,14 @@ def log_result(result: dict, experiment: str, kind: str) -> str:
     """One MLflow run holding an evaluation: which detector (tag), on what, and its scores."""
     import mlflow
 
+    from vilocal_dist.tracking.model_registry import evaluation_metrics
     from vilocal_dist.tracking.runs import log_json, mlflow_run
 
     tags = {"vilocal.detector": result["model_name"], "vilocal.detector_kind": kind,
             "vilocal.data": result["data"], "vilocal.split": result["split"]}
     params = {"detector": result["model_name"], "source": result["model"], "data": result["data"],
               "split": result["split"], "threshold": result["threshold"], "size": result["size"]}
-    metrics = {f"{result['split']}/f1": result["pooled"]["f1"], f"{result['split']}/iou": result["pooled"]["iou"],
-               f"{result['split']}/f1_per_video": result["per_video"]["f1"]}
-    for method, r in result.get("by_method", {}).items():
-        metrics[f"{result['split']}/{method}/f1"] = r["pooled"]["f1"]
-        metrics[f"{result['split']}/{method}/iou"] = r["pooled"]["iou"]
+    metrics = evaluation_metrics(result, result["split"])
     with mlflow_run(experiment, f"evaluate-{result['model_name']}", params=params, tags=tags) as run:
         mlflow.log_metrics(metrics)
         log_json(result, "evaluation.json")

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mask image for frame --mask-frame, which is propagated to all frames first. Without\n"
             "--mask the video's own masks are used (DAVIS layout, composed:SEED videos).\n"
             "Writes OUT/frames/*.png, OUT/masks/*.png, OUT/result.mp4 (preview), OUT/result.json.\n\n"
+            "Removing an object from one mask: paint the object white on black on one frame (the\n"
+            "video's size), pass it as --mask and its frame index as --mask-frame. A middle frame\n"
+            "where the object is fully visible propagates best (outward in both directions). A\n"
+            "small network is fitted to that frame until its loss plateaus and its masks agree\n"
+            "(at most --prop max_iters=N); then frames are visited outward, the network's mask kept\n"
+            "where it meets the previous mask carried by optical flow, and the network adapts to\n"
+            "the frames it is confident about. Masks are dilated by --dilate pixels before\n"
+            "inpainting and saved in OUT/masks/. result.json holds each frame's confidence and the\n"
+            "frames where the mask may have lost the object (sudden area change, low confidence);\n"
+            "they are also printed at the end: check those frames.\n\n"
+            "Frames larger than --tile are inpainted coarse to fine: the whole video at --coarse\n"
+            "pixels, then full-resolution tiles around the hole with the coarse result as prior,\n"
+            "so memory stays bounded on 4K input (OUT/seams.png shows the tile borders).\n\n"
             "Methods: the built-in ones, `command` (any external program, run once per video on PNG\n"
             "folders: --set template='PROG {frames_dir} {masks_dir} {out_dir}', optional env=, image=,\n"
             "timeout_s=), and plugins: installed packages with an entry point in the group\n"
@@ -51,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  vilocal inpaint clip.mp4 --mask clip_masks/ --out out/ --method flowprop\n"
             "  vilocal inpaint clip.mp4 --mask first.png --mask-frame 0 --out out/ --size 240x432\n"
+            "  vilocal inpaint DAVIS --seq bmx-trees --mask 00040.png --mask-frame 40 --method telea --out out/\n"
+            "  vilocal inpaint clip_4k/ --mask masks_4k/ --tile 512 --coarse 432 --method flowprop --out out/\n"
             "  vilocal inpaint composed:0:12:64x112 --out out/ --method intervi --set preset=tiny\n"
             "  vilocal inpaint clip.mp4 --mask clip_masks/ --out out/ --method command \\\n"
             "      --set template='python /opt/fill.py {frames_dir} {masks_dir} {out_dir}' --set timeout_s=600"
@@ -66,6 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="method option, repeatable (e.g. --set preset=tiny --set iterations=500)",
     )  # fmt: skip
+    p.add_argument(
+        "--prop", dest="prop_overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="mask propagation option, repeatable (e.g. --prop max_iters=300 --prop size=320)",
+    )  # fmt: skip
+    p.add_argument("--dilate", type=int, default=5, metavar="PX",
+                   help="dilate propagated masks by PX pixels before inpainting (default 5; 0 = off)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="inpaint frames larger than PX coarse to fine in PX×PX tiles (bounded memory)")
+    p.add_argument("--coarse", type=int, default=432, metavar="PX", help="longest side of the coarse pass of --tile (default 432)")
     p.add_argument("--size", type=size_arg(1), default=None, metavar="HxW", help="working resolution, e.g. 240x432")
     p.add_argument("--max-frames", type=int, default=None, metavar="T", help="use only the first T frames")
     p.add_argument("--workdir", type=Path, default=None, help="checkpoints for resuming (default OUT/.work)")
@@ -114,7 +139,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         frames, masks = load_video(source, args.size, args.max_frames)
         described["mask_kind"] = "sequence"
     else:
-        frames, _ = load_video(source, args.size, args.max_frames, require_masks=False)
+        frames, reference = load_video(source, args.size, args.max_frames, require_masks=False)
         index = 0 if args.mask_frame is None else args.mask_frame
         if not 0 <= index < len(frames):
             raise ConfigError(f"--mask-frame {index} is outside the {len(frames)} frames used")
@@ -125,8 +150,19 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
             raise InputError("mask is empty: nothing to inpaint", mask)
         propagation = importlib.import_module("vilocal_dist.inpaint.propagation")
         log.info("propagating the mask of frame %d to %d frames", index, len(frames))
-        masks = propagation.propagate_mask(frames, one, index, seed=args.seed, progress=not args.quiet)
-        described.update(mask_kind="single", mask_frame=index)
+        started = time.perf_counter()
+        prop = propagation.propagate_mask(
+            frames, one, index, apply_sets({}, parse_sets(args.prop_overrides)), seed=args.seed, progress=not args.quiet
+        )
+        masks = propagation.dilate(prop.masks, args.dilate)
+        summary = {**prop.summary(), "seconds": time.perf_counter() - started, "dilate": args.dilate}
+        summary["load_average"] = os.getloadavg()[0]
+        if source.has_masks:  # the video's own masks (DAVIS annotations): score the propagation against them
+            from vilocal_dist.bench.propagation import iou_per_frame
+
+            iou = iou_per_frame(prop.masks, reference)
+            summary.update(iou=[round(float(v), 4) for v in iou], mean_iou=float(iou.mean()))
+        described.update(mask_kind="single", mask_frame=index, propagation=summary)
     if not masks.any():
         raise InputError("every mask is empty: nothing to inpaint", mask or args.video)
     if masks.all():
@@ -185,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         from vilocal_dist.distributed.auto_lambda import check_lambda_method
 
         check_lambda_method(args.method, cfg)
+    _check_one_mask_and_tile_flags(args)
     out = Path(checks.output_dir(args.out))
     frames, masks, described = load_inputs(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,13 +231,19 @@ def run(args: argparse.Namespace) -> int:
     lambda_table = None
     if args.auto_lambda:
         from vilocal_dist.distributed.auto_lambda import auto_lambda
+        from vilocal_dist.console import tune_verbosity
         from vilocal_dist.distributed.tuning import init_ray
 
         init_ray(address=os.environ.get("RAY_ADDRESS"))
         result, lambda_table = auto_lambda(
             frames, masks, num_samples=args.lambda_samples, base_cfg=cfg, method=args.method, seed=args.seed,
-            verbose=0 if args.quiet else 1, gpus_per_trial=args.gpus_per_trial,
+            verbose=0 if args.quiet else tune_verbosity(), gpus_per_trial=args.gpus_per_trial,
         )
+    elif args.tile is not None:
+        from vilocal_dist.inpaint.highres import inpaint_highres, seam_overlay
+
+        tiling = {"tile": args.tile, "coarse": args.coarse}
+        result = inpaint_highres(method, frames, masks, tiling, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)
     else:
         result = method(frames, masks, cfg, seed=args.seed, progress=not args.quiet, workdir=workdir)
     seconds = time.perf_counter() - started
@@ -209,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
     write_png_folder(out / "frames", iter(result.frames))
     write_png_folder(out / "masks", iter(masks))
     preview = _write_preview(out, result.frames, args.preview)
+    if args.tile is not None and result.metrics.get("highres/tiles"):
+        seam_overlay(out / "seams.png", result.frames, masks, tiling)
+    propagation = described.pop("propagation", None)
     record = {
         "method": args.method,
         "config": result.config,
@@ -221,6 +267,53 @@ def run(args: argparse.Namespace) -> int:
     }
     if lambda_table is not None:
         record["auto_lambda"] = lambda_table
+    if propagation is not None:
+        record["propagation"] = propagation
+        _plot_propagation(out / "propagation.png", propagation, described)
+    record["metrics"]["memory/peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _write_json_atomic(out / "result.json", record)
     print(f"wrote {out} ({len(frames)} frames, {args.method}, {seconds:.1f} s)")
+    if propagation is not None:
+        _print_propagation(propagation)
     return 0
+
+
+def _check_one_mask_and_tile_flags(args: argparse.Namespace) -> None:
+    if args.dilate < 0:
+        raise ConfigError(f"--dilate must be >= 0, got {args.dilate}")
+    if args.tile is not None or args.coarse != 432:
+        from vilocal_dist.inpaint.highres import HighResConfig
+
+        HighResConfig(tile=args.tile or HighResConfig.tile, coarse=args.coarse)
+    if args.prop_overrides:
+        from vilocal_dist.inpaint.propagation import check_propagation_config
+
+        check_propagation_config(apply_sets({}, parse_sets(args.prop_overrides)))
+
+
+def _plot_propagation(path: Path, summary: dict[str, Any], described: dict[str, Any]) -> None:
+    """Per-frame confidence (and IoU against the video's own masks, when it has them) as a PNG."""
+    from vilocal_dist.bench.propagation import plot
+
+    row = {"start": described["mask_frame"], "confidence": summary["confidence"]}
+    row.update(iou=summary.get("iou"), mean_iou=summary.get("mean_iou"))
+    plot([row], path, f"{Path(str(described['video'])).name}: mask of frame {row['start']} propagated")
+
+
+def _print_propagation(summary: dict[str, Any]) -> None:
+    """Where the propagated mask may have lost the object: the frames a user should look at."""
+    print(
+        f"mask propagation: {summary['iters']} iterations ({summary['stop']}) + {summary['adapt_iters']} adapting, "
+        f"{summary['seconds']:.1f} s (load average {summary['load_average']:.1f}), "
+        f"mean confidence {summary['mean_confidence']:.2f}"
+        + (f", mean IoU vs the video's masks {summary['mean_iou']:.3f}" if "mean_iou" in summary else "")
+    )
+    reasons = summary["flag_reasons"]
+    if not reasons:
+        print("no frame flagged")
+        return
+    print(f"{len(reasons)} frame(s) flagged, check their masks in masks/:")
+    for frame, why in list(reasons.items())[:12]:
+        print(f"  frame {frame}: {why}")
+    if len(reasons) > 12:
+        print(f"  … and {len(reasons) - 12} more (result.json, propagation.flag_reasons)")

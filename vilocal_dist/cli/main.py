@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
-from vilocal_dist import __version__
+from vilocal_dist import __version__, console
 from vilocal_dist.errors import VilocalError
+from vilocal_dist.tracking.setup import home_dir
 
 #: Subcommand modules under vilocal_dist.cli, in --help order.
 SUBCOMMANDS: tuple[str, ...] = ("demo", "data", "inpaint", "forge", "sweep", "experiment", "train", "detect", "evaluate", "bench", "tracking")
+#: Commands that run long enough to get phase lines, progress bars and a full log file.
+LONG_COMMANDS = frozenset({"demo", "forge", "sweep", "experiment", "train", "inpaint"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `vilocal COMMAND --help` for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"vilocal_dist {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: debug logging, Ray Tune's trial tables, Ray worker output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"vilocal_dist.cli.{name}").register(sub)
@@ -42,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    long = args.command in LONG_COMMANDS
+    log_file = console.setup(args.command, args.verbose, home_dir() / "logs" if long else None)
+    if log_file is not None:
+        print(f"vilocal {args.command} · full log: {log_file}", flush=True)
     try:
         return int(args.func(args) or 0)
     except VilocalError as exc:

@@ -94,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outcomes = train(args.stage, cfg, data, run_name=run_name, methods=methods, workers=args.workers,
                      encoder=encoder, experiment=args.experiment, max_failures=args.max_failures,
-                     use_gpu=use_gpu, gpus_per_worker=args.gpus_per_worker)
+                     use_gpu=use_gpu, gpus_per_worker=args.gpus_per_worker, register=True)
     print(f"train: run {run_name!r} finished in {time.perf_counter() - start:.0f} s")
     for o in outcomes:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in o.best_metrics.items() if "/" in k)
         print(f"  stage {o.stage}{' (resumed)' if o.resumed else ''}: best checkpoint {o.checkpoint}/model.pt")
         print(f"    {shown}")
         print(f"    MLflow run {o.mlflow_run_id} (experiment {args.experiment!r})")
+        if o.registered_model:
+            print(f"    registered as {o.registered_model} (detect/evaluate --model {o.registered_model})")
         if o.mlflow_spool:
             print(f"    not yet on the MLflow server: {o.mlflow_spool} (deliver: vilocal tracking sync)")
     print(f"MLflow store: {tracking_uri()}")

@@ -135,7 +135,7 @@ def video_sweep(
     storage: str | None = None,
     callbacks: Sequence[Any] = (),
     constants: Mapping[str, Any] | None = None,
-    verbose: int = 1,
+    verbose: int | None = 0,
 ) -> Any:
     """One Tuner over ``params`` for one video; resumes the experiment ``name`` when it exists.
 
@@ -198,7 +198,7 @@ def auto_lambda(
     max_concurrent: int = 0,
     name: str | None = None,
     track: bool = True,
-    verbose: int = 1,
+    verbose: int | None = 0,
 ) -> tuple[InpaintResult, list[dict[str, Any]]]:
     """Inpaint ``masks`` (bool T×H×W) in ``frames`` (uint8 T×H×W×3) with the λ pair that scores the
     best ``selfval/psnr``; returns (that result, one row per trial sorted best first).

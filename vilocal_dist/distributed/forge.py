@@ -19,7 +19,9 @@ attempt is listed in ``ForgeSummary.failed``; the same command again retries onl
 Trial folders are named ``<job id>_<trial id>``.
 
 MLflow: experiment ``vilocal-forge``, a parent run per forge (reopened on resume), a child run
-per trial written by the driver-side ``MLflowTrialLogger``.
+per trial written by the driver-side ``MLflowTrialLogger``; the parent logs the dataset as an
+MLflow dataset (``tracking.lineage``), and the runs that train on it or evaluate on it link back.
+Console: one bar over the videos (``TrialProgress``), Tune's trial tables only with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 from ray import tune
 
+from vilocal_dist.console import phase, tune_verbosity
+from vilocal_dist.distributed.progress import TrialProgress
 from vilocal_dist.distributed.tune_mlflow import MLflowTrialLogger, close_open_children, numeric_metrics
 from vilocal_dist.distributed.tuning import (
     SessionBudget,
@@ -45,6 +49,7 @@ from vilocal_dist.distributed.tuning import (
     parent_run,
 )
 from vilocal_dist.errors import ConfigError
+from vilocal_dist.tracking.lineage import log_dataset_output
 from vilocal_dist.tracking.runs import log_json
 from vilocal_dist.tracking.sweep_report import to_csv, to_markdown
 
@@ -158,7 +163,9 @@ def forge_trial(config: dict[str, Any]) -> None:
 
 def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     job = config["job"]
-    return {"video": job["video"], "method": job["method"], "split": job["split"], "source": job["source"], "cfg": job["cfg"]}
+    # cfg as one JSON param: its keys differ by method, and every trial should carry the same param keys.
+    return {"video": job["video"], "method": job["method"], "split": job["split"], "source": job["source"],
+            "cfg": json.dumps(job["cfg"], sort_keys=True)}
 
 
 def _trial_name(trial: Any) -> str:
@@ -190,7 +197,7 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
             storage_path=path.rsplit("/", 1)[0],
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=opts.retries),
-            verbose=1,
+            verbose=tune_verbosity(),
         ),
     )
 
@@ -206,6 +213,7 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
     if not pending:
         log.info("forge: all %d videos already complete in %s; nothing to do", len(jobs), opts.out)
         return summary
+    phase(f"forge: {len(pending)} forged videos to make ({summary.skipped} already complete) → {opts.out}")
     init_ray(address, num_cpus)
     default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)  # impossible: fail before any record
     name = f"forge-{_plan_hash(opts.out, jobs, opts)}"
@@ -218,7 +226,8 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
             experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name
         )
         try:
-            results = _tuner(pending, opts, name, [logger, SessionBudget()], path, resume).fit()
+            callbacks = [logger, SessionBudget(), TrialProgress(len(pending), "forge", unit="video")]
+            results = _tuner(pending, opts, name, callbacks, path, resume).fit()
         finally:
             close_open_children(run.info.run_id, EXPERIMENT)
         rows = []
@@ -240,4 +249,5 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         log_json(asdict(summary), "forge_summary.json")
         mlflow.log_metrics({"forge/planned": summary.planned, "forge/skipped": summary.skipped,
                             "forge/failed": len(summary.failed)})  # fmt: skip
+        log_dataset_output(run.info.run_id, opts.out)  # train and evaluate runs link back to this run
     return summary

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from vilocal_dist.console import phase
+from vilocal_dist.distributed.progress import TrialProgress
 from vilocal_dist.distributed.spec import SweepSpec, load_specs
 from vilocal_dist.distributed.tune_mlflow import MLflowTrialLogger, close_open_children
 from vilocal_dist.distributed.tuning import SessionBudget, experiment_path, parent_run, set_session_budget
@@ -59,6 +61,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, stop_after: int | None =
         raise ConfigError(f"sweep {spec.name!r} already has results at {path}; use --resume, or set name=… to start anew", spec.path)
     if resume and not exists:
         raise ConfigError(f"nothing to resume: no sweep {spec.name!r} at {path}", spec.path)
+    per_video = " per video" if kind.name == "inpaint-regularizers" else ""
+    phase(f"sweep {spec.name}: {spec.num_samples} {kind.name} trials{per_video}, "
+          f"{spec.mode}imize {spec.metric} over {', '.join(spec.param_names)}")
     prepared = kind.prepare(spec)
     set_session_budget(stop_after)
     params = {"spec": str(spec.path), "kind": kind.name, "metric": spec.metric, "mode": spec.mode,
@@ -68,7 +73,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, stop_after: int | None =
     with parent_run(spec.experiment, spec.name, path=path, resume=resume, params=params, tags={"vilocal.kind": kind.name}) as run:
         parent = run.info.run_id
         logger = MLflowTrialLogger(experiment=spec.experiment, parent_run_id=parent, params_of=_params_of, run_name_of=_run_name)
-        callbacks = [logger, SessionBudget()]
+        callbacks = [logger, SessionBudget(), TrialProgress(spec.num_samples, f"sweep {spec.name}")]
         try:
             results, complete = kind.fit(spec, path, exists, callbacks, prepared)
             rows = kind.rows(spec, results)

@@ -13,6 +13,10 @@ contrastive loss; stage 2: highest ``val/f1``), logs it as the run's model artif
 optimizer state) plus a few example panels (frame | truth | prediction), and returns it.
 ``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint; ``stage="joint"``
 trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation).
+``train(register=True)`` (the train command, the demo) registers the final stage-2 model as
+``vilocal-detector`` (``tracking.model_registry``);
+every stage run names its forged dataset as its ``training`` input (``tracking.lineage``). In the
+driver, a progress bar counts the epochs (``distributed.progress``).
 
 Fault tolerance: ``max_failures`` (FailureConfig) restarts the whole worker group when a worker
 dies (a preempted node, an OOM kill); the new group resumes from the latest checkpoint Ray's
@@ -32,7 +36,6 @@ Ray storage either way. The server must answer when a stage starts (nothing is t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -47,11 +50,16 @@ from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_c
 from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES, TrainConfig
 from vilocal_dist.engines.datasets import training_datasets
 from vilocal_dist.engines.loop import EpochEnd, Runtime, fresh_model
+from vilocal_dist.console import phase
+from vilocal_dist.distributed.progress import epoch_progress
+from vilocal_dist.distributed.tuning import init_ray
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.models import get_config
 from vilocal_dist.tracking import storage_path, tracking_uri
+from vilocal_dist.tracking.lineage import log_dataset_input, manifest_sha256
+from vilocal_dist.tracking.model_registry import REGISTERED_MODEL, log_detector
 from vilocal_dist.tracking.runs import flat_params
-from vilocal_dist.tracking.spool import RunLog, call_with_retry, final_retry_s, is_transient, short_error, spool_dir
+from vilocal_dist.tracking.spool import RunLog, bounded_http, call_with_retry, final_retry_s, is_transient, short_error, spool_dir
 from vilocal_dist.tracking.sync import describe, sync
 from vilocal_dist.tracking.train_logging import RUN_NAME_TAG, find_run, open_run
 
@@ -77,6 +85,7 @@ class StageOutcome:
     resumed: bool
     ray_checkpoint: Any = field(default=None, repr=False)  # the ray.train.Checkpoint itself
     mlflow_spool: str = ""  # records the tracking server has not got yet ("" when it has everything)
+    registered_model: str = ""  # models:/vilocal-detector/<version> when registered
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -107,8 +116,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics)  # every worker reports every epoch, or the barrier hangs
             return
         runlog.log_metrics(metrics, step=end.samples_seen)
-        print(f"[stage {stage}] epoch {end.epoch + 1}: "
-              + ", ".join(f"{k}={v:.4g}" for k, v in end.metrics.items() if "/" in k), flush=True)
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(end.checkpoint(), folder)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -132,8 +139,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 
 def _ensure_ray() -> None:
-    from vilocal_dist.distributed.tuning import init_ray
-
     init_ray()  # RAY_ADDRESS (a cluster) when set, else a local one; no-op when Ray is up
 
 
@@ -185,11 +190,6 @@ def _read_checkpoint(ckpt: Any) -> dict[str, Any]:
         return load_checkpoint(folder)
 
 
-def _manifest_sha256(data: Path) -> str:
-    path = data / "manifest.jsonl"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
-
-
 def train_stage(
     stage: int,
     cfg: TrainConfig,
@@ -207,6 +207,7 @@ def train_stage(
     joint: bool = False,
     max_failures: int = DEFAULT_MAX_FAILURES,
     tracking_retry_s: float | None = None,
+    register: bool = False,
 ) -> StageOutcome:
     """Train one stage on ``workers`` Ray Train workers; resumes if ``run_name`` already exists.
 
@@ -218,6 +219,7 @@ def train_stage(
     ``max_failures``: worker-group restarts (from the latest checkpoint) before the run fails.
     ``tracking_retry_s``: how long to wait for an unreachable MLflow server when the stage starts
     and after training (default ``$VILOCAL_MLFLOW_RETRY_S`` or 60 s); see the module docstring.
+    ``register`` (stage 2): log the best model as an MLflow model and register it as ``vilocal-detector``.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -242,6 +244,7 @@ def train_stage(
             log.info("stage 2 uses the encoder's model %s (config said %s)", encoder_ckpt["model_name"], cfg.model)
             cfg = cfg.replace(model=encoder_ckpt["model_name"])
     _check_size(cfg)
+    registered = ""
     _, val_ds, summary = training_datasets(data, cfg, methods)  # fails fast, in the driver, on bad data
     use_gpu, scaling_config = scaling(workers, use_gpu, gpus_per_worker)
     metric, mode = SELECTION[stage]
@@ -253,7 +256,7 @@ def train_stage(
     params = {
         **cfg.to_dict(), "stage": stage, "workers": workers, "use_gpu": use_gpu,
         "gpus_per_worker": gpus_per_worker if use_gpu else 0, "data": str(data),
-        "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": _manifest_sha256(data),
+        "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": manifest_sha256(data),
         "data.train_videos": len(summary["train_videos"]), "data.val_videos": len(summary["val_videos"]),
         "data.train_clips": summary["train_clips"], "data.val_clips": summary["val_clips"],
         "encoder": encoder.path if encoder is not None else "", "joint": joint, "max_failures": max_failures,
@@ -269,30 +272,38 @@ def train_stage(
         runlog.set_tags({"vilocal.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     else:  # a resumed run keeps its first params (MLflow refuses to change a param's value)
         runlog.log_params(flat_params(params))
+        _record_input(run_id, data, uri)
     _log_json(runlog, {**params, "data_summary": summary}, "config.json")  # the resolved config, latest attempt
+    epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs + (cfg.stage1_epochs if joint else 0)
+    label = "joint" if joint else f"stage {stage}"
+    phase(f"{label}: {run_name}, {epochs} epochs on {workers} Ray Train worker(s), {summary['train_clips']} training "
+          f"clips ({'resumed' if existing else 'new'} MLflow run {run_id})")
+    init_ray()  # the bar's counter is an actor: a local Ray of our own if none is up (no-op otherwise)
+    progress = epoch_progress(epochs, f"{label} epochs", shown=(metric,))
     try:
-        trainer = TorchTrainer(
-            _worker_loop,
-            train_loop_config={
-                "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
-                "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
-                "mlflow_run_id": run_id, "tracking_uri": uri, "mlflow_spool": str(runlog.path),
-            },
-            scaling_config=scaling_config,
-            # Logical GPUs on CPU nodes (tests): the device is the CPU, so NCCL cannot run.
-            torch_config=TorchConfig(backend="gloo") if force_cpu() else None,
-            run_config=ray.train.RunConfig(
-                name=run_name,
-                storage_path=storage_path(),
-                callbacks=list(callbacks),
-                failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                # Keep the best and the latest checkpoint (Ray never deletes the latest: resume needs it).
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+        with progress as progress_callbacks:
+            trainer = TorchTrainer(
+                _worker_loop,
+                train_loop_config={
+                    "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
+                    "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
+                    "mlflow_run_id": run_id, "tracking_uri": uri, "mlflow_spool": str(runlog.path),
+                },
+                scaling_config=scaling_config,
+                # Logical GPUs on CPU nodes (tests): the device is the CPU, so NCCL cannot run.
+                torch_config=TorchConfig(backend="gloo") if force_cpu() else None,
+                run_config=ray.train.RunConfig(
+                    name=run_name,
+                    storage_path=storage_path(),
+                    callbacks=[*callbacks, *progress_callbacks],
+                    failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                    # Keep the best and the latest checkpoint (Ray never deletes the latest: resume needs it).
+                    checkpoint_config=ray.train.CheckpointConfig(
+                        num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                    ),
                 ),
-            ),
-        )
-        result = trainer.fit()  # raises TrainingFailedError if a worker failed: the run ends FAILED
+            )
+            result = trainer.fit()  # raises TrainingFailedError if a worker failed: the run ends FAILED
         best = result.get_best_checkpoint(metric, mode)
         best_ckpt = _read_checkpoint(best)
         runlog.log_metrics({f"best/{k}": v for k, v in best_ckpt["metrics"].items()}, step=0)
@@ -301,6 +312,8 @@ def train_stage(
             if stage == 2:
                 _stage_examples(best_ckpt, val_ds, Path(folder))
             runlog.log_artifacts(folder)
+            if register and stage == 2:
+                registered = _register(runlog, best_ckpt, Path(folder) / "model" / CHECKPOINT_FILE, params["methods"])
         runlog.set_tags({"vilocal.best_checkpoint": best.path})
     except BaseException as exc:
         _end_unfinished(runlog, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -310,7 +323,36 @@ def train_stage(
     if not delivered:
         _report_gap(runlog, run_name, best.path, retry_s)
     return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best,
-                        mlflow_spool="" if delivered else str(runlog.path))
+                        mlflow_spool="" if delivered else str(runlog.path), registered_model=registered)
+
+
+def _register(runlog: RunLog, ckpt: dict[str, Any], checkpoint_file: Path, methods: str) -> str:
+    """The best model as the next version of ``vilocal-detector`` (its ``models:/`` URI); "" when
+    the tracking server is away (the checkpoint in Ray storage is the model then)."""
+    try:
+        best = {f"best/{k}": v for k, v in ckpt["metrics"].items() if "/" in k}  # train/*, val/*
+        version = log_detector(runlog.run_id, build_model(ckpt), checkpoint_file, train_config=ckpt["train_config"],
+                               methods=methods, metrics=best, uri=runlog.uri)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("MLflow: the model was not registered, the tracking server %s is away (%s)", runlog.uri,
+                    short_error(exc))
+        return ""
+    uri = f"models:/{REGISTERED_MODEL}/{version}"
+    runlog.set_tags({"vilocal.registered_model": uri})
+    return uri
+
+
+def _record_input(run_id: str, data: Path, uri: str) -> None:
+    """The dataset as the run's ``training`` input; a server gone since ``open_run`` costs a warning, not the run."""
+    try:
+        with bounded_http():
+            log_dataset_input(run_id, data, "training", uri)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("MLflow: the training dataset of run %s was not recorded (%s)", run_id, short_error(exc))
 
 
 def _reach_server(fn: Callable[[], T], uri: str, within_s: float) -> T:
@@ -413,12 +455,14 @@ def train(
     gpus_per_worker: float = 1.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     tracking_retry_s: float | None = None,
+    register: bool = False,
 ) -> list[StageOutcome]:
     """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint) or "joint" (one
     focal-only run of encoder and decoder together, no contrastive stage).
 
     Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``);
-    rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`.
+    rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`. ``register``: the
+    final stage-2 (or joint) model becomes the next version of ``vilocal-detector``.
     """
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -426,11 +470,11 @@ def train(
                   gpus_per_worker=gpus_per_worker, group=run_name,
                   max_failures=max_failures, tracking_retry_s=tracking_retry_s)
     if stage == "joint":
-        return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, **common)]
+        return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, register=register, **common)]
     outcomes = []
     if stage in ("1", "both"):
         outcomes.append(train_stage(1, cfg, data, run_name=f"{run_name}-stage1", **common))
         encoder = outcomes[-1].ray_checkpoint
     if stage in ("2", "both"):
-        outcomes.append(train_stage(2, cfg, data, run_name=f"{run_name}-stage2", encoder=encoder, **common))
+        outcomes.append(train_stage(2, cfg, data, run_name=f"{run_name}-stage2", encoder=encoder, register=register, **common))
     return outcomes

@@ -53,6 +53,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    from vilocal_dist.console import after_ray_init, ray_init_options
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -67,7 +69,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # Attaching to a cluster (e.g. inside `ray job submit`) the job's own runtime env applies;
         # Ray refuses to merge a second one that sets the same variables.
         runtime_env=None if address else {"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
+        **ray_init_options(),
     )
+    after_ray_init()
 
 
 def local_auth_token() -> Path | None:

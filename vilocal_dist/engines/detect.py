@@ -40,7 +40,7 @@ from vilocal_dist import __version__
 from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
-from vilocal_dist.engines.evaluate import load_detector, predict_probs
+from vilocal_dist.engines.evaluate import load_detector, model_reference, predict_probs
 from vilocal_dist.engines.overlay import red_overlay
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.video.io import list_image_files, replace_dir, resize_frame, write_video
@@ -175,7 +175,7 @@ def detect_video(
         "frames": len(per_frame),
         "height": source.height,
         "width": source.width,
-        "model": str(Path(checkpoint).resolve()),
+        "model": model_reference(checkpoint),
         "model_name": ckpt["model_name"],
         "model_config": ckpt["model_config"],
         "train_config": train_cfg,

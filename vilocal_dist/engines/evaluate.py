@@ -23,9 +23,15 @@ from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
 from vilocal_dist.engines.metrics import MaskEvaluator
 from vilocal_dist.errors import ConfigError, InputError, VilocalError
 from vilocal_dist.models import ViLocal, autocast_context
+from vilocal_dist.tracking.model_registry import is_model_uri, resolve_model
 
 #: What detection and evaluation read from a checkpoint (a foreign dict may lack any of it).
 _DETECTOR_KEYS = ("stage", "model_name", "model_config", "model_state", "train_config")
+
+
+def model_reference(checkpoint: str | Path) -> str:
+    """How reports name a model: a registry URI as given, a checkpoint as an absolute path."""
+    return str(checkpoint) if is_model_uri(checkpoint) else str(Path(checkpoint).resolve())
 
 
 @torch.no_grad()
@@ -40,9 +46,10 @@ def predict_probs(model: ViLocal, clip: torch.Tensor) -> torch.Tensor:
 def load_detector(
     checkpoint: str | Path, device: torch.device | str = "cpu", size: tuple[int, int] | None = None
 ) -> tuple[dict[str, Any], ViLocal, tuple[int, int]]:
-    """(checkpoint dict, model on ``device``, input size) of a stage-2 checkpoint; every problem
-    with the file is an InputError/ConfigError naming it. ``size`` defaults to the training size."""
-    ckpt = load_checkpoint(checkpoint)
+    """(checkpoint dict, model on ``device``, input size) of a stage-2 checkpoint (a path, or a
+    registered ``models:/vilocal-detector/<version or @alias>``); every problem with the file is an
+    InputError/ConfigError naming it. ``size`` defaults to the training size."""
+    ckpt = load_checkpoint(resolve_model(checkpoint))
     missing = [key for key in _DETECTOR_KEYS if key not in ckpt]
     train_cfg = ckpt.get("train_config")
     if not missing and not (isinstance(train_cfg, dict) and {"size_h", "size_w"} <= set(train_cfg)):
@@ -101,7 +108,7 @@ def evaluate_checkpoint(
     scores = evaluate_model(model, dataset, threshold=threshold, batch_size=batch_size,
                             device=device, progress=progress)
     return {
-        "model": str(Path(checkpoint).resolve()),
+        "model": model_reference(checkpoint),
         "model_name": ckpt["model_name"],
         "data": str(Path(data).resolve()),
         "split": split,

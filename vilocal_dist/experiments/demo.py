@@ -112,20 +112,24 @@ class PeakMemory:
 
 
 def _step(n: int, total: int, text: str) -> None:
-    print(f"\n[demo {n}/{total}] {text}", flush=True)
+    from vilocal_dist.console import phase
+
+    phase(f"[demo {n}/{total}] {text}")
 
 
 def _train(spec: DemoSpec, data: Path, run_name: str) -> list[Any]:
     from vilocal_dist.distributed.train import fit_workers, train
 
     return train("both", spec.setup.train, data, run_name=run_name, methods=list(spec.train_on),
-                 workers=fit_workers(spec.setup.workers))
+                 workers=fit_workers(spec.setup.workers), register=True)
 
 
-def _evaluate(spec: DemoSpec, checkpoint: str, data: Path) -> list[dict[str, Any]]:
+def _evaluate(spec: DemoSpec, checkpoint: str, data: Path, model_ref: str) -> list[dict[str, Any]]:
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
+    from vilocal_dist.tracking.model_registry import record_evaluation
 
     scores = evaluate_checkpoint(Path(checkpoint) / "model.pt", data, split="test", progress=False)
+    record_evaluation(model_ref or checkpoint, data, scores, split="test")
     rows = []
     for method, s in sorted(scores.get("by_method", {}).items()):
         rows.append({
@@ -208,7 +212,7 @@ def run_demo(spec: DemoSpec, out: Path, *, name: str = "demo") -> dict[str, Any]
 
         t = time.perf_counter()
         _step(4, total, "evaluating on held-out source videos, per inpainting method (seen and unseen)")
-        rows = _evaluate(spec, outcomes[-1].checkpoint, out / "forged")
+        rows = _evaluate(spec, outcomes[-1].checkpoint, out / "forged", outcomes[-1].registered_model)
         timings["evaluate_s"] = time.perf_counter() - t
 
         sweep_info: dict[str, Any] = {}
@@ -251,5 +255,7 @@ def run_demo(spec: DemoSpec, out: Path, *, name: str = "demo") -> dict[str, Any]
     print(f"\nwall time {result['wall_s'] / 60:.1f} min · peak memory (driver + Ray processes) "
           f"{result['peak_memory_gib']:.2f} GiB")
     print(f"forged dataset: {out / 'forged'}\ncheckpoints: {result['checkpoints']}")
+    if outcomes[-1].registered_model:
+        print(f"registered model: {outcomes[-1].registered_model} (vilocal detect VIDEO --model … --out DIR)")
     print(f"summary: {out / 'summary.json'}\nMLflow store: {uri}\nopen the dashboard: {ui_command(uri)}")
     return result

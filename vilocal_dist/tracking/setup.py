@@ -50,8 +50,30 @@ def _is_local_store(uri: str) -> bool:
     return urlparse(uri).scheme in ("sqlite", "file", "")
 
 
+#: What each experiment holds: its description in the MLflow UI (the ``mlflow.note.content`` tag).
+DESCRIPTIONS = {
+    "vilocal-forge": "Forged datasets: a parent run per `vilocal forge` (the dataset is its output, see Datasets) "
+                     "and a child run per (video, method). Tag vilocal.consumer_runs lists the runs that used it.",
+    "vilocal-train": "ViLocal training: one run per stage (stage1 contrastive, stage2 focal, joint). Metrics "
+                     "train/* and val/* per epoch, x-axis = samples seen; the stage-2 model is registered as "
+                     "vilocal-detector. Group runs by tag vilocal.group to see both stages of one training.",
+    "vilocal-evaluate": "Evaluations of a detector on a forged split: test/f1, test/iou pooled over frames, and per "
+                        "inpainting method (test/<method>/f1). The dataset is the run's evaluation input.",
+    "vilocal-demo": "`vilocal demo` summaries: the detection table, timings and links to the stage runs.",
+    "vilocal-sweep-train": "Training sweeps (Optuna + ASHA): a parent run per sweep with the report plots; every "
+                           "trial a child run with the same params and metric keys: compare them in the chart or "
+                           "parallel-coordinates view.",
+    "vilocal-sweep-inpaint": "Inpainting-regularizer sweeps: per video, Optuna over (lambda_a, lambda_s) scored by "
+                             "self-validation; the parent holds the per-video best table and plots.",
+    "vilocal-auto-lambda": "Per-video automatic choice of the inpainting regularizer weights (`inpaint --auto-lambda`).",
+}
+_DESCRIPTION_TAG = "mlflow.note.content"
+#: Opens the MLflow 3 UI on its model-training views (runs, charts), not the GenAI ones.
+_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(name: str, uri: str | None = None) -> str:
-    """Id of experiment ``name`` (created if missing) in the store at ``uri``.
+    """Id of experiment ``name`` (created if missing, with its description) in the store at ``uri``.
 
     For a local SQLite store the artifact root is set to an absolute folder beside the
     database; a tracking server chooses its own (``--artifacts-destination``).
@@ -67,8 +89,11 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     if _is_local_store(uri) and uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         artifact_location = (db.parent / "artifacts" / name).resolve().as_uri()
+    description = DESCRIPTIONS.get(name) or (
+        f"Protocol experiment {name[len('vilocal-'):]!r} (`vilocal experiment`)" if name.startswith("vilocal-") else None)
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        tags = {**_KIND_TAGS, **({_DESCRIPTION_TAG: description} if description else {})}
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except Exception:  # another process created it between our check and create
         exp = client.get_experiment_by_name(name)
         if exp is None:

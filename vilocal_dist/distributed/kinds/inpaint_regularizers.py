@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vilocal_dist.config import check_number, from_mapping, parse_size
+from vilocal_dist.console import tune_verbosity
 from vilocal_dist.distributed.kinds.base import SweepKind, Validator, register_kind, section, tune_space
 from vilocal_dist.errors import ConfigError
 
@@ -97,7 +98,7 @@ class InpaintRegularizers(SweepKind):
                 gt_frames=gt, num_samples=spec.num_samples, search_alg=OptunaSearch(seed=spec.seed),
                 metric=spec.metric, mode=spec.mode, seed=spec.seed, cpus_per_trial=r.cpus_per_trial,
                 gpus_per_trial=r.gpus_per_trial, max_concurrent=r.max_concurrent, callbacks=callbacks,
-                constants={"video": video},
+                constants={"video": video}, verbose=tune_verbosity(),
             )  # fmt: skip
             out.append((video, results))
             if not is_complete(results, spec.num_samples):

@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from vilocal_dist.config import check_number, from_mapping, parse_size
+from vilocal_dist.console import tune_verbosity
 from vilocal_dist.distributed.kinds.base import SweepKind, Validator, scheduler_for, section, tune_space
 from vilocal_dist.errors import ConfigError
 
@@ -134,7 +135,8 @@ class TrainingKind(SweepKind):
                     search_alg=OptunaSearch(seed=spec.seed), scheduler=scheduler_for(spec),
                     max_concurrent_trials=r.max_concurrent or train_concurrency(r.workers_per_trial),
                 ),  # fmt: skip
-                run_config=tune.RunConfig(name=spec.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks),
+                run_config=tune.RunConfig(name=spec.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks,
+                                          verbose=tune_verbosity()),
             )
             results = tuner.fit()
         return results, is_complete(results, spec.num_samples)
