@@ -138,6 +138,7 @@ class RayStarted(Exception):
 def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Ray must not start (validation comes first); runs, if any, would land under tmp_path."""
     import vilocal_dist.distributed.forge as forge
+    import vilocal_dist.distributed.train as train
     import vilocal_dist.distributed.tuning as tuning
 
     def tripwire(*args, **kwargs):
@@ -145,6 +146,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(tuning, "init_ray", tripwire)
     monkeypatch.setattr(forge, "init_ray", tripwire, raising=False)  # its own import of the name
+    monkeypatch.setattr(train, "init_ray", tripwire, raising=False)  # imported here first: restored after
     monkeypatch.setenv("VILOCAL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("VILOCAL_VGG19_WEIGHTS", raising=False)
     monkeypatch.delenv("VILOCAL_VGG16_WEIGHTS", raising=False)
