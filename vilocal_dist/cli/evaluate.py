@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vilocal_dist.cli import checks
 from vilocal_dist.cli.args import parse_size
 
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.detector_name and not args.predictions:
         raise ConfigError("--detector-name names the detector of --predictions; a checkpoint names itself")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    args.data = checks.input_path(args.data, "--data", must_exist=False)
     if args.predictions:
         result = _score_predictions(args, methods)
         if result is None:

@@ -235,7 +235,7 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
         # itself is the checkpoint: finished videos are skipped inside forge_video). The restored
         # experiment brings its own callbacks (the MLflow logger of the same parent run).
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial)
+    concurrency = default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs), "opts": asdict(opts)},
@@ -265,6 +265,7 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         return summary
     phase(f"forge: {len(pending)} forged videos to make ({summary.skipped} already complete) → {opts.out}")
     init_ray(address, num_cpus)
+    default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)  # impossible: fail before any record
     name = f"forge-{_plan_hash(opts.out, jobs, opts)}"
     path = experiment_path(name)
     resume = can_resume(path)

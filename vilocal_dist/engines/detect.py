@@ -40,6 +40,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from vilocal_dist import __version__, storage
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
 from vilocal_dist.engines.evaluate import cached, load_detector, model_reference, predict_probs
@@ -163,7 +164,7 @@ def detect_video(
                                   batch_size=batch_size, device=device, progress=progress)
             storage.upload_folder(local, out_dir, last=("report.json",))
         return report
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))
     ckpt, model, size = load_detector(cached(checkpoint), device, size)
     model.eval()
     train_cfg = ckpt["train_config"]

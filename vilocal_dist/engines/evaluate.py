@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vilocal_dist import storage
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import ClipDataset
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
@@ -109,7 +110,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``; either
     may be a storage URI (read through the node-local cache)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(str(device or "auto"))
     ckpt, model, size = load_detector(cached(checkpoint), device, size)
     forged = ForgedDataset(data)
     records = forged.records(split=split, methods=list(methods) if methods else None)

@@ -29,12 +29,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from vilocal_dist.config import check_keys, from_mapping
 from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.paths import REPO_ROOT
+from vilocal_dist.paths import spec_dir
 
 log = logging.getLogger(__name__)
 
 #: Where the sweep and protocol YAMLs live in a checkout (look them up with :func:`spec_file`).
-SPEC_ROOT = REPO_ROOT / "sweeps"
+SPEC_ROOT = spec_dir()  # package data: there in a checkout and in an installed package
 
 
 # ----------------------------------------------------------------------------- config files

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.base import Fill, InpaintResult, Method
 from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
-from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
+from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
 
 CKPT_NAME = "iivi_state.pt"
@@ -78,7 +79,7 @@ def _resume(path: Path, trainer: IIVITrainer, fingerprint: str) -> None:
 def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, progress: bool,
          workdir: Path | None) -> Fill:  # fmt: skip
     """Train one IIVI network on ``frames`` and predict every frame (uncomposited, native size)."""
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     small, small_masks = to_working_size(frames, masks, cfg)
     holes = dilate_masks(small_masks, cfg.dilate)
     holdout = holdout_masks(holes, cfg.holdout, seed)
