@@ -36,7 +36,7 @@ from vilocal_dist.errors import InputError
 from vilocal_dist.inpaint.registry import get_method
 from vilocal_dist.losses import focal_loss, pixel_contrastive_loss
 from vilocal_dist.models import create_model
-from vilocal_dist.paths import REPO_ROOT
+from vilocal_dist.paths import spec_dir
 from vilocal_dist.video.io import write_png_folder, write_video
 
 T, H, W = 8, 32, 48
@@ -138,6 +138,7 @@ class RayStarted(Exception):
 def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Ray must not start (validation comes first); runs, if any, would land under tmp_path."""
     import vilocal_dist.distributed.forge as forge
+    import vilocal_dist.distributed.train as train
     import vilocal_dist.distributed.tuning as tuning
 
     def tripwire(*args, **kwargs):
@@ -145,6 +146,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(tuning, "init_ray", tripwire)
     monkeypatch.setattr(forge, "init_ray", tripwire, raising=False)  # its own import of the name
+    monkeypatch.setattr(train, "init_ray", tripwire, raising=False)  # imported here first: restored after
     monkeypatch.setenv("VILOCAL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("VILOCAL_VGG19_WEIGHTS", raising=False)
     monkeypatch.delenv("VILOCAL_VGG16_WEIGHTS", raising=False)
@@ -322,9 +324,30 @@ WEIGHT_CASES = [
 ]
 
 # Checked before Ray starts (these used to start Ray first).
+FORGE = "forge --composed 1 --frames 5 --size 32x48 --methods telea"
 EARLY_CHECKS = [
     case("train-data-missing", "train --data {C}/nowhere --set model=vilocal_tiny",
          "{C}/nowhere: no complete videos in the train split"),
+    case("forge-source-without-masks", "forge --sources {C}/frames --methods telea --out {OUT}",
+         "{C}/frames: no masks for this video: inpainting needs the masked regions"),
+    case("forge-source-missing", "forge --sources {C}/nowhere --methods telea --out {OUT}",
+         "{C}/nowhere: no such file or folder"),
+    case("forge-out-is-a-file", FORGE + " --out {C}/good.mp4", "{C}/good.mp4: --out names an existing file, not a folder"),
+    case("forge-out-below-a-file", FORGE + " --out {C}/good.mp4/forged", "--out: {C}/good.mp4 is a file"),
+    case("forge-out-unknown-scheme", FORGE + " --out ftp://host/forged", "--out ftp://host/forged: unknown storage scheme 'ftp'"),
+    case("inpaint-out-is-a-file", INPAINT.replace("{OUT}", "{C}/good.mp4") + " --mask {C}/masks --method telea",
+         "{C}/good.mp4: --out names an existing file, not a folder"),
+    case("train-encoder-missing", "train --stage 2 --data {C}/forged --encoder {C}/nowhere --set model=vilocal_tiny",
+         "{C}/nowhere: --encoder: checkpoint not found"),
+    case("train-data-unknown-scheme", "train --data ftp://host/forged --set model=vilocal_tiny",
+         "--data ftp://host/forged: unknown storage scheme 'ftp'"),
+    case("train-gpus-per-worker", "train --data {C}/forged --gpus-per-worker 0 --set model=vilocal_tiny",
+         "--gpus-per-worker must be > 0, got 0"),
+    case("sweep-sources-without-masks", "sweep {REGULARIZERS} --set data.sources=[{C}/frames]",
+         "{C}/frames: no masks for this video"),
+    case("sweep-gpus-per-trial-on-training-sweep", "sweep {FOCAL} --gpus-per-trial 0.5",
+         "--gpus-per-trial applies to inpaint-regularizers sweeps"),
+    case("sweep-unknown-spec-name", "sweep no-such-sweep", "no-such-sweep: no such spec file, and no shipped spec"),
     case("experiment-inpaint-quality-method-option", "experiment inpaint-quality-tiny --set method_cfgs.iivi.lambda_a=-1",
          "iivi: lambda_a, lambda_s must be ≥ 0"),
 ]
@@ -345,7 +368,7 @@ def run_cli(
 
 @pytest.fixture
 def paths(corpus: Path, tmp_path: Path) -> dict[str, Path]:
-    sweeps = REPO_ROOT / "sweeps"
+    sweeps = spec_dir()
     return {"C": corpus, "OUT": tmp_path / "out", "CKPT": corpus / "ckpt" / "model.pt", "HOME": tmp_path / "home",
             "CONTRASTIVE": sweeps / "vilocal-contrastive.yaml", "FOCAL": sweeps / "vilocal-focal.yaml",
             "REGULARIZERS": sweeps / "inpaint-regularizers.yaml"}
@@ -386,6 +409,25 @@ def test_failed_rerun_unpublishes_the_old_inpainting(paths, monkeypatch, capsys)
     with pytest.raises(OSError, match="No space left"):
         run_cli(command, paths, monkeypatch, capsys)
     assert not (out / "result.json").exists()
+
+
+def test_relative_sources_reach_the_trials_as_absolute_paths(corpus, paths, monkeypatch, capsys):
+    """Trials run in another folder (on another node): the driver resolves relative sources
+    against the caller's folder, and checks them, before handing them over."""
+    import vilocal_dist.distributed.forge as forge
+
+    planned = []
+
+    def capture(jobs, opts, **kwargs):
+        planned.extend(jobs)
+        raise RayStarted("stop after planning")
+
+    monkeypatch.setattr(forge, "forge", capture)
+    monkeypatch.chdir(corpus / "forged" / "videos")
+    with pytest.raises(RayStarted):
+        main(["forge", "--sources", "a__telea", "--methods", "telea", "--out", "rel-out"])
+    assert [j["source"] for j in planned] == [str(corpus / "forged" / "videos" / "a__telea" / "frames")]
+    assert not (corpus / "forged" / "videos" / "rel-out").exists()
 
 
 # ----------------------------------------------------------------------------- defined behaviours

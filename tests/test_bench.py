@@ -59,6 +59,19 @@ def test_summary_lines_from_a_hand_made_result():
     assert lines[-1] == "ERROR    fanout: RuntimeError: no Ray"
 
 
+def test_matmul_peak_and_model_flops_in_process():
+    import torch
+
+    from vilocal_dist.bench.model import matmul_peak_gflops, model_gflop
+
+    peak = matmul_peak_gflops(torch.float32, max_size=256)
+    assert peak["gflops"] > 0 and peak["size"] <= 256
+    infer = model_gflop("vilocal_tiny", 1, 5, (32, 48), train=False)
+    train = model_gflop("vilocal_tiny", 1, 5, (32, 48), train=True)
+    assert 0 < infer and 2 * infer < train  # backward costs about twice the forward
+    assert model_gflop("vilocal_tiny", 2, 5, (32, 48), train=False) == pytest.approx(2 * infer, rel=0.01)
+
+
 def test_cli_rejects_unknown_benchmarks(capsys):
     from vilocal_dist.cli.main import main
 
@@ -83,6 +96,15 @@ def test_quick_suite_json(tmp_path):
     assert result["suite"]["quick"] is True and result["suite"]["device"] == "cpu"
     assert [(r["preset"], r["batch"]) for r in result["model"]["runs"]] == [("vilocal_tiny", 1), ("vilocal_tiny", 2)]
     assert all(r["step_s"] > 0 and r["vmhwm_mib"] > 0 for r in result["model"]["runs"])
+    detector = result["model"]["detector"]
+    assert detector["matmul_peak_gflops"]["fp32"] > 0 and detector["matmul_peak_gflops"]["bf16"] > 0
+    for kind in ("infer", "train"):
+        d = detector[kind]
+        assert d["size"] == [32, 48] and d["seconds"] > 0 and d["authors_seconds"] > 0
+        assert d["peak_mib"] > 0 and d["authors_peak_mib"] > 0
+        assert d["speedup_vs_authors"] == pytest.approx(d["authors_seconds"] / d["seconds"], rel=0.02)
+        assert d["gflop"] > 0 and 0 < d["share_of_peak"] < 2
+    assert detector["train"]["recompute"] == "none"  # a tiny step fits the default budget
     assert [r["frames"] for r in result["detect"]["runs"]] == [6, 18]
     assert all(r["fps"] > 0 and r["peak_rss_mib"] > r["baseline_rss_mib"] > 0 for r in result["detect"]["runs"])
     runs = {r["method"]: r for r in result["inpaint"]["runs"]}

@@ -252,6 +252,20 @@ def test_dockerfile_builds_on_the_pinned_ray_image() -> None:
     assert f":{IMAGE_TAG} " in text, "the documented build tag must be the one the manifests use"
 
 
+def test_dockerfile_installs_the_package_non_editable_with_its_data() -> None:
+    """The image's install is the one tests/test_install.py runs: `pip install <src>`, no -e, and
+    the specs come along inside vilocal_dist/ (the build context admits nothing else)."""
+    text = (CLUSTER / "Dockerfile").read_text()
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all(" -e " not in line and "--editable" not in line for line in installs)
+    assert "COPY --chown=1000:100 vilocal_dist /home/ray/src/vilocal_dist/vilocal_dist" in text
+    data = pyproject()["tool"]["setuptools"]["package-data"]["vilocal_dist"]
+    package = REPO_ROOT / "vilocal_dist"
+    shipped = {p for p in (package / "sweeps").rglob("*") if p.is_file() and p.suffix in (".yaml", ".md")}
+    covered = {p for pattern in data for p in package.glob(pattern)}  # setuptools globs recursively too
+    assert shipped and shipped <= covered, sorted(map(str, shipped - covered))
+
+
 def test_readme_and_manifests_name_registered_subcommands() -> None:
     from vilocal_dist.cli.main import SUBCOMMANDS
 
@@ -273,3 +287,29 @@ def test_job_uploads_leave_outputs_and_environments_behind() -> None:
     # `ray job submit --working-dir .` honours .gitignore.
     ignored = {line.strip() for line in (REPO_ROOT / ".gitignore").read_text().splitlines()}
     assert {"runs/", "venv/", ".venv/", "dist/"} <= ignored
+
+
+def declared_node_types(env: dict[str, str]) -> dict[str, tuple[float, float, int]]:
+    from vilocal_dist.distributed.resources import NODE_TYPES_ENV, node_types_from_config
+
+    types = node_types_from_config({"available_node_types": json.loads(env[NODE_TYPES_ENV])})
+    return {t.name: (t.cpus, t.gpus, t.max_count) for t in types}
+
+
+def worker_groups(spec: dict[str, Any]) -> dict[str, tuple[float, float, int]]:
+    out = {}
+    for group in spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        out[group["groupName"]] = (float(limits["cpu"]), float(limits.get("nvidia.com/gpu", 0)), group["maxReplicas"])
+    return out
+
+
+def test_kuberay_declares_the_node_types_its_autoscaler_may_start() -> None:
+    """KubeRay's autoscaler reads the worker groups from Kubernetes, out of the driver's sight:
+    VILOCAL_NODE_TYPES tells `--use-gpu auto` and the GPU checks, and must match the groups."""
+    cluster = by_kind(KUBERAY / "raycluster.yaml")["RayCluster"]["spec"]
+    head_env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert declared_node_types(head_env) == worker_groups(cluster)
+    job = by_kind(KUBERAY / "rayjob.yaml")["RayJob"]["spec"]
+    job_env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]
+    assert declared_node_types(job_env) == worker_groups(job["rayClusterSpec"])

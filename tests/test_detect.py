@@ -102,3 +102,34 @@ def test_detect_rejects_bad_inputs(constant_model, tmp_path):
     stage1 = save_checkpoint({**ckpt, "stage": 1}, tmp_path / "s1")
     with pytest.raises(ConfigError, match="stage-2"):
         detect_video("composed:1:5:32x48", stage1, tmp_path / "o", progress=False)
+
+
+def test_in_background_keeps_order_bounds_lookahead_and_raises_worker_errors() -> None:
+    import threading
+
+    from vilocal_dist.engines.detect import in_background
+
+    produced = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    stream = in_background(items(), depth=3)
+    assert next(stream) == 0
+    threading.Event().wait(0.3)  # the worker fills the queue, then blocks
+    assert len(produced) <= 1 + 3 + 1  # consumed + queued + the one waiting to be put
+    assert list(stream) == list(range(1, 50))
+
+    def failing():
+        yield 1
+        raise OSError("frame 2 does not decode")
+
+    with pytest.raises(OSError, match="frame 2"):
+        list(in_background(failing(), depth=2))
+
+    endless = in_background(iter(int, 1), depth=2)  # a consumer that stops early stops the worker
+    next(endless)
+    endless.close()
+    assert not any(t.name == "detect-stage" and t.is_alive() for t in threading.enumerate())

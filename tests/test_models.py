@@ -112,9 +112,12 @@ def test_sdpa_equals_explicit_softmax() -> None:
 
 
 def test_chunked_attention_equals_one_call() -> None:
+    """The CPU dropout kernel (here with p = 0), chunk by chunk, equals one fused SDPA call."""
+    from vilocal_dist.models.attention import _DropoutAttention
+
     q, k, v = torch.randn(3, 2, 2, 37, 8, requires_grad=True).unbind(0)
-    full = attention(q, k, v, chunk=0)
-    chunked = attention(q, k, v, chunk=5)
+    full = attention(q, k, v)
+    chunked = _DropoutAttention.apply(q, k, v, 0.0, 5, None)
     assert torch.allclose(full, chunked, atol=1e-6)
     g_full = torch.autograd.grad(full.sum(), (q, k, v))
     g_chunk = torch.autograd.grad(chunked.sum(), (q, k, v))
@@ -191,10 +194,10 @@ def test_checkpointing_in_train_mode_same_gradients_and_batchnorm_stats(flag: st
 
 
 def test_chunked_attention_dropout_inside_checkpointed_blocks(monkeypatch) -> None:
-    """CPU attention-dropout chunks (themselves checkpointed) replay inside a checkpointed block."""
-    import vilocal_dist.models.uniformer as uniformer
+    """CPU attention-dropout chunks replay the same masks inside a checkpointed block."""
+    import vilocal_dist.models.attention as attention_module
 
-    monkeypatch.setattr(uniformer, "ATTENTION_CHUNK", 7)  # 24 tokens -> 4 chunks
+    monkeypatch.setattr(attention_module, "ATTENTION_CHUNK", 7)  # 24 tokens -> 4 chunks
     torch.manual_seed(0)
     plain = create_model("vilocal_tiny", attn_drop_rate=0.3).train()
     ckpt = create_model("vilocal_tiny", attn_drop_rate=0.3, checkpoint_all=True).train()

@@ -1,18 +1,21 @@
 """Security posture: safe deserialisation, no shells, loopback defaults, token auth, no secrets.
 
-Fast and Ray-free: the package source is scanned with ``ast``, the cluster files are parsed or
-read as text, and local.sh's settings-file writer is run in bash. tests/test_cluster_configs.py
-covers the rest of those files (schemas, versions, token wiring).
+Fast: the package source is scanned with ``ast``, the cluster files are parsed or read as text,
+and local.sh's settings-file writer is run in bash; one test starts the local Ray a command
+starts (``init_ray``) to check its token auth. tests/test_cluster_configs.py covers the rest of
+those files (schemas, versions, token wiring).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import json
 import inspect
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -157,6 +160,52 @@ def test_code_never_binds_all_interfaces_and_ray_init_defaults_to_loopback() -> 
 
     # init_ray and the tests start Ray without naming a dashboard host: Ray's default must be loopback.
     assert inspect.signature(ray.init).parameters["dashboard_host"].default in LOOPBACK
+
+
+# ----------------------------------------------------------------------------- init_ray's local Ray
+
+#: Run in a fresh interpreter (token settings are process-wide): start the local Ray as commands do,
+#: then ask its job API with and without the token.
+INIT_RAY_PROBE = """
+import json, os, stat, urllib.error, urllib.request
+import ray
+from vilocal_dist.distributed.tuning import init_ray
+
+init_ray(num_cpus=1)
+path = os.environ["RAY_AUTH_TOKEN_PATH"]
+url = "http://" + ray._private.worker.global_worker.node.webui_url + "/api/jobs/"
+token = open(path).read().strip()
+
+def status(headers):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+print(json.dumps({"mode": os.environ["RAY_AUTH_MODE"], "path": path, "token_len": len(token),
+                  "file_mode": stat.S_IMODE(os.stat(path).st_mode),
+                  "dir_mode": stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode),
+                  "without": status({}), "wrong": status({"Authorization": "Bearer " + "0" * 64}),
+                  "with": status({"Authorization": "Bearer " + token})}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_local_ray_of_a_command_has_token_auth_with_its_own_private_token(tmp_path: Path) -> None:
+    """As for cluster/local.sh: token auth, a fresh 256-bit token per local cluster in a 0600 file
+    in a 0700 folder (not the user-wide ~/.ray/auth_token), removed when the command exits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", INIT_RAY_PROBE], env={**env, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["mode"] == "token" and got["token_len"] == 64
+    assert got["file_mode"] == 0o600 and got["dir_mode"] == 0o700
+    assert got["without"] in (401, 403) and got["wrong"] in (401, 403) and got["with"] == 200, got
+    assert not Path(got["path"]).exists(), "the token file outlived the command"
+    assert not (tmp_path / ".ray" / "auth_token").exists(), "the user-wide token was written"
 
 
 # ----------------------------------------------------------------------------- local.sh

@@ -44,9 +44,10 @@ def iivi_benchmark(
 
     from vilocal_dist.bench.detect import peak_rss_mib
     from vilocal_dist.data.composed import compose_video
+    from vilocal_dist.device import pick_device
     from vilocal_dist.inpaint.iivi.augment import dilate_masks
     from vilocal_dist.inpaint.iivi.config import IIVIConfig
-    from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
+    from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
 
     steps = iters + warmup
     cfg = IIVIConfig(
@@ -58,7 +59,7 @@ def iivi_benchmark(
         device=device,
         recompute=recompute,
     )
-    dev = resolve_device(cfg.device)
+    dev = pick_device(cfg.device)
     video = compose_video(0, frames, size)
     holes = dilate_masks(video.masks, cfg.dilate)
     trainer = IIVITrainer(VideoTensors.from_numpy(video.frames, holes, holes & False, dev), cfg, seed=0, device=dev)

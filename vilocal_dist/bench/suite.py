@@ -39,9 +39,15 @@ class Plan:
 
 
 PLANS = {
+    # "detector": the `vilocal` network against the same network with the authors' attention, at
+    # the sizes of issue 18 (inference 5x240x432, training step batch 1 at 5x120x216).
     "model": Plan(
-        full={"presets": ["vilocal_tiny", "vilocal_small", "vilocal"], "batches": [1, 2], "size": [240, 432], "steps": 2},
-        quick={"presets": ["vilocal_tiny"], "batches": [1, 2], "size": [32, 48], "steps": 1},
+        full={"presets": ["vilocal_tiny", "vilocal_small", "vilocal"], "batches": [1, 2], "size": [240, 432], "steps": 2,
+              "detector": {"preset": "vilocal", "frames": 5, "infer_size": [240, 432], "repeats": 2,
+                           "train_size": [120, 216], "train_batch": 1, "steps": 2}},
+        quick={"presets": ["vilocal_tiny"], "batches": [1, 2], "size": [32, 48], "steps": 1,
+               "detector": {"preset": "vilocal_tiny", "frames": 5, "infer_size": [32, 48], "repeats": 1,
+                            "train_size": [32, 48], "train_batch": 1, "steps": 1}},
     ),
     "detect": Plan(
         full={"lengths": [30, 300], "preset": "vilocal_small", "size": [240, 432]},
@@ -128,8 +134,53 @@ def bench_model(plan: dict[str, Any], device: str, timeout: float | None) -> dic
                                     "device": device}, timeout)
             for p in plan["presets"] for b in plan["batches"]]
     keep = ("preset", "batch", "size", "steps", "step_s", "cpu_s", "peak_rss_mb", "cuda_peak_mb", "vmhwm_mib",
-            "encoder_params", "checkpoint", "device", "threads")
-    return {"runs": [{k: r[k] for k in keep if k in r} for r in runs]}
+            "encoder_params", "checkpoint", "recompute", "device", "threads")
+    return {"runs": [{k: r[k] for k in keep if k in r} for r in runs],
+            "detector": bench_detector(plan["detector"], device, timeout)}
+
+
+def _detector_work(kind: str, plan: dict[str, Any], attention: str, device: str, timeout: float | None) -> dict:
+    """One inference or training-step measurement of the detector in a fresh process."""
+    if kind == "infer":
+        params = {"preset": plan["preset"], "batch": 1, "size": plan["infer_size"], "frames": plan["frames"],
+                  "repeats": plan["repeats"], "device": device, "attention": attention}
+    else:
+        params = {"preset": plan["preset"], "batch": plan["train_batch"], "size": plan["train_size"],
+                  "frames": plan["frames"], "steps": plan["steps"], "warmup": 1, "device": device,
+                  "checkpoint": "auto", "attention": attention}
+    return _json_child(["vilocal_dist.bench.model", "--worker", json.dumps([kind, params])], timeout)
+
+
+def bench_detector(plan: dict[str, Any], device: str, timeout: float | None) -> dict[str, Any]:
+    """Inference and training step against the authors' attention; rates against the matmul peak.
+
+    ``speedup_vs_authors`` = authors' seconds / ours (memory likewise); ``share_of_peak`` = the
+    model's FLOPs per second over this machine's matmul peak in the precision the attention ran.
+    """
+    flops = [{"preset": plan["preset"], "batch": 1, "frames": plan["frames"], "size": plan["infer_size"], "train": False},
+             {"preset": plan["preset"], "batch": plan["train_batch"], "frames": plan["frames"],
+              "size": plan["train_size"], "train": True}]
+    rates = _json_child(["vilocal_dist.bench.model", "--worker", json.dumps(["rates", {"device": device,
+                                                                                       "flops": flops}])], timeout)
+    peaks = {name: p["gflops"] for name, p in rates["matmul_peak"].items()}
+    out: dict[str, Any] = {"preset": plan["preset"], "matmul_peak_gflops": peaks}
+    for kind, gflop in zip(("infer", "train"), rates["gflop"]):
+        ours, authors = (_detector_work(kind, plan, a, device, timeout) for a in ("fast", "authors"))
+        seconds = ours["s_per_clip"] if kind == "infer" else ours["step_s"]
+        base_seconds = authors["s_per_clip"] if kind == "infer" else authors["step_s"]
+        precision = ours.get("precision", "fp32") if kind == "infer" else "fp32"
+        out[kind] = {
+            "size": ours["size"], "batch": ours["batch"], "frames": ours["frames"], "seconds": round(seconds, 3),
+            "cpu_seconds": round(ours["cpu_s_per_clip" if kind == "infer" else "cpu_s"], 3),
+            "peak_mib": ours["vmhwm_mib"], "precision": precision, "recompute": ours.get("recompute"),
+            "authors_seconds": round(base_seconds, 3), "authors_peak_mib": authors["vmhwm_mib"],
+            "speedup_vs_authors": round(base_seconds / seconds, 2),
+            "memory_vs_authors": round(ours["vmhwm_mib"] / authors["vmhwm_mib"], 2),
+            "gflop": round(gflop, 4), "gflops": round(gflop / seconds, 3),
+            "share_of_peak": round(gflop / seconds / peaks[precision], 4),
+            "load_avg_1m": round(ours["load_avg_1m_end"], 2),
+        }
+    return out
 
 
 def bench_detect(plan: dict[str, Any], device: str, timeout: float | None) -> dict[str, Any]:
@@ -214,6 +265,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             peak = r.get("cuda_peak_mb") or r.get("vmhwm_mib")
             lines.append(f"model    {r['preset']:<14} batch {r['batch']}  {r['step_s']:.3f} s/step  "
                          f"peak {peak:.0f} MiB{' (CUDA)' if 'cuda_peak_mb' in r else ''}")
+        detector = result["model"].get("detector")
+        for kind in ("infer", "train") if detector else ():
+            d = detector[kind]
+            lines.append(f"model    {detector['preset']} {kind} {d['seconds']:.3f} s  peak {d['peak_mib']:.0f} MiB  "
+                         f"x{d['speedup_vs_authors']} vs authors' attention ({d['authors_seconds']:.3f} s, "
+                         f"{d['authors_peak_mib']:.0f} MiB)  {d['share_of_peak']:.0%} of {d['precision']} matmul peak")
     if "detect" in result:
         for r in result["detect"]["runs"]:
             lines.append(f"detect   {r['frames']:>4} frames  {r['fps']:.1f} frames/s  peak {r['peak_rss_mib']:.0f} MiB")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from vilocal_dist.cli.args import parse_size
 
@@ -26,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="stage-2 checkpoint (folder or model.pt) or registered model "
                         "(models:/vilocal-detector/VERSION or models:/vilocal-detector@ALIAS)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR|URI", help="output folder or storage URI")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                    help="model input size (default: the size the model was trained at)")
@@ -36,11 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vilocal_dist.engines.detect import detect_video
+    from vilocal_dist.storage import normalize
 
     report = detect_video(args.video, args.model, args.out, threshold=args.threshold, size=args.size,
                           batch_size=max(1, args.batch_size))
     flagged = sum(f["forged_fraction"] > 0 for f in report["per_frame"])
     print(f"detect: {report['frames']} frames, {flagged} with detections; "
           f"video score {report['video_score']:.3f} ({report['video_score_definition']})")
-    print(f"  outputs in {Path(args.out).resolve()}: probs/, masks/, overlay.mp4, report.json")
+    print(f"  outputs in {normalize(args.out)}: probs/, masks/, overlay.mp4, report.json")
     return 0

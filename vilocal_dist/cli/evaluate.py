@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vilocal_dist.cli import checks
 from vilocal_dist.cli.args import parse_size
 
 
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="another detector's masks / probability maps: DIR/<video id>/<frame>.png|.npy")
     p.add_argument("--detector-name", default=None,
                    help="name of the detector that made --predictions (default: the folder's name)")
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged or imported dataset folder")
+    p.add_argument("--data", required=True, metavar="DIR|URI", help="forged or imported dataset folder, or storage URI")
     p.add_argument("--split", choices=("train", "test"), default="test", help="split to score (default test)")
     p.add_argument("--methods", default=None, help="only these inpainting methods (comma-separated)")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default=None,
                    help="also log the result as one MLflow run in this experiment (tags: detector, data)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--report", default=None, metavar="FILE|URI", help="also write the full result as JSON here (atomically)")
     p.set_defaults(func=run)
 
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.detector_name and not args.predictions:
         raise ConfigError("--detector-name names the detector of --predictions; a checkpoint names itself")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    args.data = checks.input_path(args.data, "--data", must_exist=False)
     if args.predictions:
         result = _score_predictions(args, methods)
         if result is None:
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         # model gets the scores on its version (without --experiment, in a run of vilocal-evaluate)
         result["mlflow_run_id"] = record_evaluation(args.model or args.predictions, args.data, result,
                                                     split=args.split, run_id=result.get("mlflow_run_id"))
+    if args.report:
+        from vilocal_dist.storage import write_text
+
+        write_text(args.report, json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

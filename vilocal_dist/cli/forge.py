@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from vilocal_dist.cli.args import parse_size
@@ -43,11 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="composed video size, and resize of other sources (default: 240x432 composed, native otherwise)")  # fmt: skip
     p.add_argument("--max-frames", type=int, default=0, metavar="T", help="use at most T frames of each source")
     p.add_argument("--methods", required=True, help="comma-separated inpainting methods, e.g. iivi,intervi,telea,ns,flowprop")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="forged dataset folder")
+    p.add_argument("--out", required=True, metavar="DIR|URI", help="forged dataset folder or storage URI (s3://bucket/forged)")
     p.add_argument("--seed", type=int, default=0, help="method seed, split hash seed, first composed seed (default 0)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of source videos in the test split (default 0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions pack trials on a GPU (e.g. 0.25)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; fractions pack trials on a GPU (e.g. 0.25); the cluster must have or be "
+                        "able to start GPU nodes, else it fails at once")  # fmt: skip
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: what the resources allow)")
     p.add_argument("--retries", type=int, default=2, help="restarts of a failed trial (default 2)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -67,8 +68,10 @@ def method_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.cli import checks
     from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
     from vilocal_dist.inpaint.registry import check_method_config
+    from vilocal_dist.storage import normalize
     from vilocal_dist.tracking.setup import ui_command
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -83,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
     cfgs = method_overrides(args.overrides)
     for method in methods:
         check_method_config(method, cfgs.get(method))  # every option, before any video is read or Ray starts
-    videos = expand_sources(args.sources, composed=args.composed, frames=args.frames, size=args.size or (240, 432), seed=args.seed)
+    out = checks.output_dir(args.out)
+    sources = checks.video_sources(args.sources)  # absolute: trials run in other folders, on other nodes
+    videos = expand_sources(sources, composed=args.composed, frames=args.frames, size=args.size or (240, 432), seed=args.seed)
     jobs = plan_jobs(videos, methods, method_cfgs=cfgs, test_fraction=args.test_fraction, seed=args.seed)
     resize = args.size if args.sources else None  # composed videos are generated at --size already
     opts = ForgeOptions(
-        out=str(args.out.expanduser().resolve()), seed=args.seed, test_fraction=args.test_fraction,
+        out=normalize(out), seed=args.seed, test_fraction=args.test_fraction,
         size_h=resize[0] if resize else 0, size_w=resize[1] if resize else 0, max_frames=args.max_frames,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, retries=args.retries,

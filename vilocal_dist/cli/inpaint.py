@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vilocal_dist import __version__
+from vilocal_dist.cli import checks
 from vilocal_dist.config import apply_sets, parse_sets, size_arg
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
@@ -104,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lambda-samples", type=int, default=None, metavar="N",
                    help="with --auto-lambda: N Optuna TPE samples instead of the default 3×3 grid")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F",
+                   help="with --auto-lambda: GPUs per trial (fractions pack trials on a GPU; default 0 = CPU)")
     p.set_defaults(func=run)
 
 
@@ -219,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
         check_lambda_method(args.method, cfg)
     _check_one_mask_and_tile_flags(args)
+    out = Path(checks.output_dir(args.out))
     frames, masks, described = load_inputs(args)
-    out: Path = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)
     workdir = (args.workdir or out / ".work").expanduser()
     log.info("inpainting %d frames of %dx%d with %s", len(frames), frames.shape[2], frames.shape[1], args.method)
@@ -234,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         init_ray(address=os.environ.get("RAY_ADDRESS"))
         result, lambda_table = auto_lambda(
             frames, masks, num_samples=args.lambda_samples, base_cfg=cfg, method=args.method, seed=args.seed,
-            verbose=0 if args.quiet else tune_verbosity(),
+            verbose=0 if args.quiet else tune_verbosity(), gpus_per_trial=args.gpus_per_trial,
         )
     elif args.tile is not None:
         from vilocal_dist.inpaint.highres import inpaint_highres, seam_overlay

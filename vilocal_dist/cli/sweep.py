@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this sub-sweep, by key or name (repeatable)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop this session after N finished trials (resume later with --resume)")  # fmt: skip
+    p.add_argument("--gpus-per-trial", type=float, default=None, metavar="F",
+                   help="GPUs per trial of the per-video inpainting sweeps (overrides resources.gpus_per_trial)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     p.set_defaults(func=run)
@@ -48,16 +50,21 @@ def _fmt(key: str, value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vilocal_dist.cli import checks
     from vilocal_dist.config import parse_sets
     from vilocal_dist.distributed.spec import load_specs
     from vilocal_dist.distributed.sweep import run_specs
     from vilocal_dist.distributed.tuning import init_ray
+    from vilocal_dist.paths import resolve_spec
     from vilocal_dist.tracking.setup import ui_command
 
-    specs = load_specs(args.spec, parse_sets(args.overrides), args.only)  # every sub-sweep, once, before Ray
+    specs = load_specs(resolve_spec(args.spec), parse_sets(args.overrides), args.only)  # every sub-sweep, before Ray
+    specs = checks.sweep_gpus(specs, args.gpus_per_trial)
     for spec in specs:
         spec.kind.check_inputs(spec)
+    checks.sweep_inputs(specs)
     init_ray(args.address, args.num_cpus)
+    checks.sweep_resources(specs)  # a trial no node can ever host fails now, not after a hang
     outcomes = run_specs(specs, resume=args.resume, stop_after=args.stop_after)
     for o in outcomes:
         state = "complete" if o.complete else "interrupted (continue with --resume)"

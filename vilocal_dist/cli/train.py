@@ -37,10 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", choices=STAGES, default="both",
                    help="1, 2 (needs --encoder), both (stage 2 from stage 1's best checkpoint; default) or joint "
                         "(no contrastive stage: encoder + decoder trained together with the focal loss only)")
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="forged dataset folder (manifest.jsonl)")
+    p.add_argument("--data", required=True, metavar="DIR|URI", help="forged dataset folder or storage URI (manifest.jsonl)")
     p.add_argument("--methods", default=None, help="train on these inpainting methods only (comma-separated)")
     p.add_argument("--preset", default=None, help="model preset: vilocal (paper), vilocal_small, vilocal_tiny")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes), default 1")
+    p.add_argument("--use-gpu", choices=("auto", "yes", "no"), default="auto",
+                   help="auto (default): GPU workers when the cluster has GPUs or its autoscaler can start GPU nodes; "
+                        "yes: fail at once if it cannot; no: CPU workers (gloo)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="GPUs per Train worker with GPUs (default 1; a fraction shares a GPU)")
     p.add_argument("--run-name", default=None,
                    help="name of this training run (Ray storage folder and MLflow tag); reuse it to resume")
     p.add_argument("--encoder", default=None, metavar="CKPT", help="stage-1 checkpoint (folder or model.pt) for --stage 2")
@@ -57,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vilocal_dist.distributed.train import train
+    from vilocal_dist.cli import checks
+    from vilocal_dist.distributed.train import scaling, train
     from vilocal_dist.distributed.tuning import init_ray
     from vilocal_dist.config import parse_sets
     from vilocal_dist.engines.config import load_config
@@ -78,12 +84,17 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run_name = args.run_name or time.strftime("train-%Y%m%d-%H%M%S")
 
-    training_datasets(args.data, cfg, methods)  # a bad --data fails here, before Ray starts
+    data = checks.input_path(args.data, "--data", must_exist=False)  # absolute: Train workers run in other folders
+    encoder = checks.checkpoint_path(args.encoder, "--encoder") if args.encoder else None
+    if args.gpus_per_worker <= 0:
+        raise ConfigError(f"--gpus-per-worker must be > 0, got {args.gpus_per_worker:g}")
+    training_datasets(data, cfg, methods)  # a bad --data fails here, before Ray starts
     init_ray(args.address, args.num_cpus)
+    use_gpu, _ = scaling(args.workers, args.use_gpu, args.gpus_per_worker)  # an impossible request fails now
     start = time.perf_counter()
-    outcomes = train(args.stage, cfg, args.data, run_name=run_name, methods=methods, workers=args.workers,
-                     encoder=args.encoder, experiment=args.experiment, max_failures=args.max_failures,
-                     register=True)
+    outcomes = train(args.stage, cfg, data, run_name=run_name, methods=methods, workers=args.workers,
+                     encoder=encoder, experiment=args.experiment, max_failures=args.max_failures,
+                     use_gpu=use_gpu, gpus_per_worker=args.gpus_per_worker, register=True)
     print(f"train: run {run_name!r} finished in {time.perf_counter() - start:.0f} s")
     for o in outcomes:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in o.best_metrics.items() if "/" in k)

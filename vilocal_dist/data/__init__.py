@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from vilocal_dist.data.composed import ComposedVideo, compose_video, write_composed_dataset
-from vilocal_dist.data.manifest import ForgedDataset, package_versions, split_for, video_id, write_forged_video
+from vilocal_dist.data.manifest import (
+    ForgedDataset,
+    package_versions,
+    publish,
+    split_for,
+    store_video,
+    stored_record,
+    video_id,
+    write_forged_video,
+)
 from vilocal_dist.data.sources import ArraySource, PathSource, VideoSource, list_sequences, load_video, open_source
 
 _LAZY = {"ClipDataset", "frame_windows", "reflect_index"}
@@ -37,8 +46,11 @@ __all__ = [
     "load_video",
     "open_source",
     "package_versions",
+    "publish",
     "reflect_index",
     "split_for",
+    "store_video",
+    "stored_record",
     "video_id",
     "write_composed_dataset",
     "write_forged_video",

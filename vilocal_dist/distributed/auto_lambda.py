@@ -167,7 +167,7 @@ def video_sweep(
     )  # fmt: skip
     if can_resume(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True).fit()
-    concurrency = max_concurrent or default_concurrency(cpus_per_trial, gpus_per_trial)
+    concurrency = default_concurrency(cpus_per_trial, gpus_per_trial, max_concurrent)
     tuner = tune.Tuner(
         trainable,
         param_space={"params": params, **(constants or {})},

@@ -12,9 +12,16 @@ Plan → skip → fan out:
    and retries. The experiment folder name is a hash of the whole plan, so rerunning the same
    command after an interruption finds it and ``Tuner.restore`` continues it.
 
-Faults: a trial that raises or whose worker dies is restarted up to ``retries`` times and redoes
-its video from scratch; nothing reaches the manifest before a video is complete, and the dead
-attempt's temp folder is swept by the next writer (``data.manifest``). A video failing every
+Storage: ``out`` is a local folder or a storage URI (``s3://bucket/forged``). A trial stores its
+video's objects (``data.manifest.store_video``: from node-local scratch, marker last) and reports
+the record; the driver alone appends records to the manifest (``ManifestPublisher``, as results
+arrive, and once more after the run), so no lock spans nodes.
+
+Faults: a trial that raises or whose worker dies (or whose node dies) is restarted up to
+``retries`` times and redoes its video from scratch; nothing reaches the manifest before a video
+is completely stored, and the dead attempt's temp folder is swept by the next writer
+(``data.manifest``). A video stored whose record the driver never published (the driver died, or
+storage was down at that moment) is found by the next run and listed without redoing it. A video failing every
 attempt is listed in ``ForgeSummary.failed``; the same command again retries only it.
 Trial folders are named ``<job id>_<trial id>``.
 
@@ -56,13 +63,14 @@ from vilocal_dist.tracking.sweep_report import to_csv, to_markdown
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "vilocal-forge"
+RECORD_KEY = "manifest_record"  # a trial's result: its stored video's record, as JSON
 
 
 @dataclass(frozen=True)
 class ForgeOptions:
     """How a forge runs (the jobs themselves come from ``plan_jobs``)."""
 
-    out: str  # forged dataset folder (absolute)
+    out: str  # forged dataset: absolute folder or storage URI
     seed: int = 0  # method seeds and the split hash
     test_fraction: float = 0.25  # share of SOURCE VIDEOS in the test split
     size_h: int = 0  # resize sources on load; 0 = native
@@ -155,10 +163,52 @@ def forge_trial(config: dict[str, Any]) -> None:
     start = time.perf_counter()
     record = forge_video(
         job["source"], job["method"], opts["out"], cfg=job["cfg"] or None, seed=opts["seed"],
-        split=job["split"], size=size, max_frames=opts["max_frames"] or None,
+        split=job["split"], size=size, max_frames=opts["max_frames"] or None, publish_record=False,
     )  # fmt: skip
     metrics = numeric_metrics(record.get("metrics", {}))
-    tune.report({"seconds": time.perf_counter() - start, "frames": float(record.get("frames", 0)), **metrics})
+    tune.report({"seconds": time.perf_counter() - start, "frames": float(record.get("frames", 0)), **metrics,
+                 RECORD_KEY: json.dumps(record, sort_keys=True)})  # fmt: skip
+
+
+class ManifestPublisher(tune.Callback):
+    """Driver side: appends each trial's record to the manifest as its result arrives.
+
+    A publish that fails (storage briefly down) is kept and retried at the next event; ``flush``
+    after the run retries what is left. Records are stored before they are reported, so a record
+    this driver never publishes is not lost: the next run's trial finds the stored video.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.pending: list[dict[str, Any]] = []
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if RECORD_KEY in result:
+            self.pending.append(json.loads(result[RECORD_KEY]))
+        self._try()
+
+    def _try(self) -> bool:
+        from vilocal_dist.data.manifest import publish
+
+        if not self.pending:
+            return True
+        try:
+            publish(self.root, self.pending)
+        except OSError as exc:
+            log.warning("forge: publishing %d record(s) to %s failed (%s); will retry", len(self.pending), self.root, exc)
+            return False
+        self.pending = []
+        return True
+
+    def flush(self, records: Sequence[dict[str, Any]] = (), within_s: float = 120.0) -> None:
+        """Publish what is pending plus ``records``, retrying storage errors for ``within_s``."""
+        self.pending += list(records)
+        deadline = time.monotonic() + within_s
+        while not self._try():
+            if time.monotonic() > deadline:
+                raise OSError(f"could not publish {len(self.pending)} record(s) to {self.root}; "
+                              "their videos are stored: rerun the same command to list them")  # fmt: skip
+            time.sleep(2.0)
 
 
 def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,7 +235,7 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
         # itself is the checkpoint: finished videos are skipped inside forge_video). The restored
         # experiment brings its own callbacks (the MLflow logger of the same parent run).
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    concurrency = opts.max_concurrent or default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial)
+    concurrency = default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
     return tune.Tuner(
         trainable,
         param_space={"job": tune.grid_search(jobs), "opts": asdict(opts)},
@@ -215,6 +265,7 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         return summary
     phase(f"forge: {len(pending)} forged videos to make ({summary.skipped} already complete) → {opts.out}")
     init_ray(address, num_cpus)
+    default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)  # impossible: fail before any record
     name = f"forge-{_plan_hash(opts.out, jobs, opts)}"
     path = experiment_path(name)
     resume = can_resume(path)
@@ -224,11 +275,15 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         logger = MLflowTrialLogger(
             experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name
         )
+        publisher = ManifestPublisher(opts.out)
         try:
-            callbacks = [logger, SessionBudget(), TrialProgress(len(pending), "forge", unit="video")]
+            callbacks = [logger, SessionBudget(), TrialProgress(len(pending), "forge", unit="video"), publisher]
             results = _tuner(pending, opts, name, callbacks, path, resume).fit()
         finally:
             close_open_children(run.info.run_id, EXPERIMENT)
+        # Every finished trial's record once more (the restored experiment of a resumed forge
+        # brings its own publisher): publishing is idempotent.
+        publisher.flush([json.loads(r.metrics[RECORD_KEY]) for r in results if RECORD_KEY in (r.metrics or {})])
         rows = []
         for result in results:
             job = (result.config or {}).get("job", {})

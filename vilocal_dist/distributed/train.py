@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from vilocal_dist import storage
+from vilocal_dist.device import force_cpu, pick_device
 from vilocal_dist.engines import stage1, stage2
 from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, save_checkpoint
 from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES, TrainConfig
@@ -120,7 +122,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"epoch_{end.epoch:04d}")
 
-    runtime = Runtime(device=ray.train.torch.get_device(), resume=resume, on_epoch_end=on_epoch_end, progress=False)
+    runtime = Runtime(device=pick_device(), resume=resume, on_epoch_end=on_epoch_end, progress=False)
     if stage == 1:
         stage1.train_stage1(cfg, train_ds, val_ds, runtime=runtime)
         return
@@ -137,12 +139,38 @@ def _worker_loop(config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- driver side
 
 
-def cluster_has_gpus() -> bool:
-    """Whether the connected Ray cluster offers any GPU (decides use_gpu and the backend)."""
-    import ray
-
+def _ensure_ray() -> None:
     init_ray()  # RAY_ADDRESS (a cluster) when set, else a local one; no-op when Ray is up
-    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def scaling(workers: int, use_gpu: bool | str, gpus_per_worker: float = 1.0) -> tuple[bool, Any]:
+    """(use_gpu, ScalingConfig) for ``workers`` workers, checked against what the cluster can
+    provide (GPU node types the autoscaler may start count): ``use_gpu`` True/False, or
+    "auto"/"yes"/"no" as ``--use-gpu`` takes it. A group that can never be placed fails here."""
+    import ray.train
+
+    from vilocal_dist.distributed.resources import check_workers, cluster_capacity, resolve_use_gpu
+
+    _ensure_ray()
+    cap = cluster_capacity()
+    if isinstance(use_gpu, str):
+        use_gpu = resolve_use_gpu(use_gpu, cap)
+    check_workers(workers, use_gpu, gpus_per_worker, cap)
+    per_worker = {"CPU": 1, "GPU": gpus_per_worker} if use_gpu else None
+    return use_gpu, ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker)
+
+
+def fit_workers(requested: int, gpus_per_worker: float = 1.0) -> int:
+    """``requested`` Train workers cut to what the cluster can provide with ``--use-gpu auto`` (a
+    preset's 2 workers on a 1-GPU machine: 1 GPU worker, not a wait for a second GPU forever)."""
+    from vilocal_dist.distributed.resources import cluster_capacity, default_workers
+
+    _ensure_ray()
+    cap = cluster_capacity()
+    workers = default_workers(requested, cap.has_gpus, gpus_per_worker, cap)
+    if workers != requested:
+        log.warning("training on %d Ray Train worker(s) instead of %d: %s", workers, requested, cap.describe())
+    return workers
 
 
 def as_ray_checkpoint(path_or_ckpt: Any) -> Any:
@@ -151,6 +179,8 @@ def as_ray_checkpoint(path_or_ckpt: Any) -> Any:
 
     if isinstance(path_or_ckpt, ray.train.Checkpoint):
         return path_or_ckpt
+    if storage.is_remote(path_or_ckpt):  # under the storage root: Ray reads it through pyarrow
+        return ray.train.Checkpoint(storage.normalize(path_or_ckpt).removesuffix(f"/{CHECKPOINT_FILE}"))
     path = Path(path_or_ckpt)
     folder = path.parent if path.is_file() else path
     if not (folder / CHECKPOINT_FILE).is_file():
@@ -173,7 +203,8 @@ def train_stage(
     workers: int = 1,
     encoder: Any = None,
     experiment: str = "vilocal-train",
-    use_gpu: bool | None = None,
+    use_gpu: bool | str = "auto",
+    gpus_per_worker: float = 1.0,
     group: str | None = None,
     callbacks: Sequence[Any] = (),
     joint: bool = False,
@@ -185,6 +216,8 @@ def train_stage(
 
     ``encoder`` (stage 2): the stage-1 checkpoint to start from (ray Checkpoint, folder or file).
     ``joint`` (stage 2 only): no encoder; a fresh model learns end to end with the focal loss.
+    ``use_gpu``: True/False or "auto" (GPUs when the cluster has or can start them), "yes", "no";
+    ``gpus_per_worker``: GPUs each worker reserves when it uses GPUs (fractions share a GPU).
     ``callbacks``: ``ray.train.UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
     ``max_failures``: worker-group restarts (from the latest checkpoint) before the run fails.
     ``tracking_retry_s``: how long to wait for an unreachable MLflow server when the stage starts
@@ -192,7 +225,7 @@ def train_stage(
     ``register`` (stage 2): log the best model as an MLflow model and register it as ``vilocal-detector``.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     if stage not in SELECTION:
         raise ConfigError(f"stage must be 1 or 2, got {stage}")
@@ -202,7 +235,7 @@ def train_stage(
         raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
     if joint and (stage != 2 or encoder is not None):
         raise ConfigError("joint training is a stage-2 run without an encoder checkpoint")
-    data = Path(data).resolve()
+    data = storage.normalize(data)  # a folder or a storage URI; workers read a node-local cached copy
     if stage == 2 and not joint:
         if encoder is None:
             raise ConfigError("stage 2 needs a stage-1 checkpoint (--encoder CKPT), or use --stage both")
@@ -216,7 +249,7 @@ def train_stage(
     _check_size(cfg)
     registered = ""
     _, val_ds, summary = training_datasets(data, cfg, methods)  # fails fast, in the driver, on bad data
-    use_gpu = cluster_has_gpus() if use_gpu is None else use_gpu
+    use_gpu, scaling_config = scaling(workers, use_gpu, gpus_per_worker)
     metric, mode = SELECTION[stage]
     uri, retry_s = tracking_uri(), final_retry_s(tracking_retry_s)
     existing = _reach_server(lambda: find_run(experiment, run_name, uri), uri, retry_s)
@@ -224,7 +257,8 @@ def train_stage(
     if existing is not None:
         _replay_earlier(spool)  # what an earlier attempt could not deliver goes first
     params = {
-        **cfg.to_dict(), "stage": stage, "workers": workers, "use_gpu": use_gpu, "data": str(data),
+        **cfg.to_dict(), "stage": stage, "workers": workers, "use_gpu": use_gpu,
+        "gpus_per_worker": gpus_per_worker if use_gpu else 0, "data": str(data),
         "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": manifest_sha256(data),
         "data.train_videos": len(summary["train_videos"]), "data.val_videos": len(summary["val_videos"]),
         "data.train_clips": summary["train_clips"], "data.val_clips": summary["val_clips"],
@@ -258,7 +292,9 @@ def train_stage(
                     "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
                     "mlflow_run_id": run_id, "tracking_uri": uri, "mlflow_spool": str(runlog.path),
                 },
-                scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                scaling_config=scaling_config,
+                # Logical GPUs on CPU nodes (tests): the device is the CPU, so NCCL cannot run.
+                torch_config=TorchConfig(backend="gloo") if force_cpu() else None,
                 run_config=ray.train.RunConfig(
                     name=run_name,
                     storage_path=storage_path(),
@@ -281,15 +317,16 @@ def train_stage(
             runlog.log_artifacts(folder)
             if register and stage == 2:
                 registered = _register(runlog, best_ckpt, Path(folder) / "model" / CHECKPOINT_FILE, params["methods"])
-        runlog.set_tags({"vilocal.best_checkpoint": best.path})
+        best_uri = storage.uri_of(best.filesystem, best.path)
+        runlog.set_tags({"vilocal.best_checkpoint": best_uri})
     except BaseException as exc:
         _end_unfinished(runlog, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     runlog.set_status("FINISHED")
     delivered = runlog.flush(retry_s)  # the server may be back by now: wait for it a little
     if not delivered:
-        _report_gap(runlog, run_name, best.path, retry_s)
-    return StageOutcome(stage, run_name, run_id, best.path, best_ckpt["metrics"], existing is not None, best,
+        _report_gap(runlog, run_name, best_uri, retry_s)
+    return StageOutcome(stage, run_name, run_id, best_uri, best_ckpt["metrics"], existing is not None, best,
                         mlflow_spool="" if delivered else str(runlog.path), registered_model=registered)
 
 
@@ -418,7 +455,8 @@ def train(
     workers: int = 1,
     encoder: Any = None,
     experiment: str = "vilocal-train",
-    use_gpu: bool | None = None,
+    use_gpu: bool | str = "auto",
+    gpus_per_worker: float = 1.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     tracking_retry_s: float | None = None,
     register: bool = False,
@@ -432,7 +470,8 @@ def train(
     """
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu, group=run_name,
+    common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu,
+                  gpus_per_worker=gpus_per_worker, group=run_name,
                   max_failures=max_failures, tracking_retry_s=tracking_retry_s)
     if stage == "joint":
         return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, register=register, **common)]

@@ -8,11 +8,15 @@ unfinished and errored ones run again.
 
 from __future__ import annotations
 
-import math
+import atexit
 import os
+import secrets
+import shutil
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ray import tune
@@ -42,16 +46,23 @@ def limit_threads(n: int = 1) -> None:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (a cluster, or ``$RAY_ADDRESS``) or start a local Ray; no-op when
-    Ray is already up. The dashboard stays on: Ray Train inside Tune needs its State API."""
+    Ray is already up. The dashboard stays on: Ray Train inside Tune needs its State API.
+
+    A local Ray gets token auth with a token of its own (see ``local_auth_token``), as the head
+    that ``cluster/local.sh`` starts does; a cluster brings its own auth settings.
+    """
     import ray
 
     from vilocal_dist.console import after_ray_init, ray_init_options
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        local_auth_token()
     ray.init(
-        # "local": a fresh local Ray; never one that someone else's `ray start` left on this machine.
+        # "local": a fresh Ray of its own. Without it ray.init() joins any head that `ray start`
+        # left on this machine (someone else's, with another token).
         address=address or "local",
         num_cpus=num_cpus if not address else None,
         include_dashboard=True,
@@ -61,6 +72,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         **ray_init_options(),
     )
     after_ray_init()
+
+
+def local_auth_token() -> Path | None:
+    """Token auth for a local Ray this process starts: a fresh random token in a private file
+    (folder 0700, file 0600, removed at exit), ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH``
+    set for this process and the Ray processes it starts. Without it Ray would share one token in
+    ``~/.ray/auth_token`` between every local cluster of the user. Explicit settings win: with
+    ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` already set, nothing changes
+    (returns None)."""
+    if any(os.environ.get(v) for v in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return None
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    folder = Path(tempfile.mkdtemp(prefix="vilocal-ray-auth-"))  # mkdtemp: 0700, owner only
+    path = folder / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 random bits
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)})
+    Config.initialize("")  # this process's cached Ray config and token see the new settings
+    AuthenticationTokenLoader.instance().reset_cache()
+    return path
 
 
 def driver_env() -> dict[str, str]:
@@ -124,15 +158,15 @@ def is_complete(results: Any, expected: int) -> bool:
     return len(results) >= expected and results.num_terminated + results.num_errors == len(results)
 
 
-def default_concurrency(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> int:
-    """How many trials fit on the running cluster at once (at least 1)."""
-    import ray
+def default_concurrency(cpus_per_trial: float, gpus_per_trial: float = 0.0, max_concurrent: int = 0,
+                        flag: str = "--gpus-per-trial") -> int:
+    """How many trials run at once: ``max_concurrent``, or what the cluster can provide (GPUs the
+    autoscaler may still start count). A trial no node can ever host fails here, naming ``flag``."""
+    from vilocal_dist.distributed.resources import check_trial, cluster_capacity, trial_concurrency
 
-    res = ray.cluster_resources()
-    fits = [math.floor(res.get("CPU", 1) / cpus_per_trial + 1e-9)]
-    if gpus_per_trial > 0:
-        fits.append(math.floor(res.get("GPU", 0) / gpus_per_trial + 1e-9))
-    return max(1, min(fits))
+    cap = cluster_capacity()
+    check_trial(cpus_per_trial, gpus_per_trial, cap, flag)
+    return max_concurrent or trial_concurrency(cpus_per_trial, gpus_per_trial, cap)
 
 
 def find_parent_run(experiment: str, path: str, uri: str | None = None) -> str | None:

@@ -58,11 +58,15 @@ def subsample(ds: Dataset, max_items: int) -> Dataset:
 def training_datasets(
     root: str | Path, cfg: TrainConfig, methods: Sequence[str] | None = None
 ) -> tuple[Dataset, Dataset, dict[str, Any]]:
-    """(train, val, summary) for a forged dataset's train split, optionally some methods only."""
-    records = ForgedDataset(root).records(split="train", methods=list(methods) if methods else None)
+    """(train, val, summary) for a forged dataset's train split, optionally some methods only.
+
+    ``root`` may be a storage URI: the videos are then read from a node-local cached copy."""
+    dataset = ForgedDataset(root)
+    records = dataset.records(split="train", methods=list(methods) if methods else None)
     if not records:
         which = f" for methods {list(methods)}" if methods else ""
         raise InputError(f"no complete videos in the train split{which} (is this a forged dataset folder?)", root)
+    root = dataset.local_copy(records)
     train_records, val_records = split_train_val(records, cfg.val_fraction, cfg.seed)
     train_ds = subsample(clip_dataset(root, train_records, cfg, train=True), cfg.max_train_clips)
     val_ds = subsample(clip_dataset(root, val_records, cfg, train=False), cfg.max_val_clips)

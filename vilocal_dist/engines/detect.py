@@ -24,7 +24,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from vilocal_dist import __version__
+from vilocal_dist import __version__, storage
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import reflect_index
 from vilocal_dist.data.sources import PathSource, open_source
-from vilocal_dist.engines.evaluate import load_detector, model_reference, predict_probs
+from vilocal_dist.engines.evaluate import cached, load_detector, model_reference, predict_probs
 from vilocal_dist.engines.overlay import red_overlay
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.video.io import list_image_files, replace_dir, resize_frame, write_video
@@ -76,6 +80,51 @@ def sliding_windows(frames: Iterable[Any], clip_len: int = CLIP_LEN) -> Iterator
         t += 1
 
 
+def in_background(items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``items`` in a worker thread, at most ``depth`` items ahead of the consumer.
+
+    The stages of detection (decode, model, PNG and video writing) spend their time in C code that
+    releases the GIL, so each stage in its own thread keeps the others busy; the bounded queue keeps
+    memory flat in the video's length. An error in the worker is raised in the consumer; a consumer
+    that stops early (an error downstream) stops the worker.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((None, item)):
+                    return
+            put((None, done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((exc, None))
+
+    thread = threading.Thread(target=work, name="detect-stage", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = q.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def file_sha256(path: str | Path) -> str | None:
     """SHA-256 of a video file, or of a frame folder's images (names and bytes, sorted); None if neither."""
     path = Path(path)
@@ -103,14 +152,23 @@ def detect_video(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write probability maps, masks, overlay video and report.json for ``video``; returns the report."""
+    """Write probability maps, masks, overlay video and report.json for ``video``; returns the report.
+
+    ``video``, ``checkpoint`` and ``out_dir`` may be storage URIs: inputs are read through the
+    node-local cache; a remote ``out_dir`` is written in scratch and uploaded, report.json last."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt, model, size = load_detector(checkpoint, device, size)
+    if storage.is_remote(out_dir):
+        with tempfile.TemporaryDirectory(dir=storage.scratch_dir()) as local:
+            report = detect_video(video, checkpoint, local, threshold=threshold, size=size,
+                                  batch_size=batch_size, device=device, progress=progress)
+            storage.upload_folder(local, out_dir, last=("report.json",))
+        return report
+    device = pick_device(str(device or "auto"))
+    ckpt, model, size = load_detector(cached(checkpoint), device, size)
     model.eval()
     train_cfg = ckpt["train_config"]
-    source = open_source(video)
+    source = open_source(cached(video) if storage.is_remote(video) else video)
     if source.num_frames < CLIP_LEN:
         # Defined, not an error: the reflected window repeats frames (1 frame: five copies of it).
         log.warning("%s has %d frames, fewer than one %d-frame clip: windows repeat frames (reflected)",
@@ -138,21 +196,25 @@ def detect_video(
         if batch:
             yield batch
 
-    def overlay_frames() -> Iterator[np.ndarray]:
-        """Run the model batch by batch; write maps and masks; yield overlay frames for the encoder."""
-        for batch in batches():
+    def predictions() -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+        """``(t, native frame, probability map at model size)`` per frame, batch by batch."""
+        for batch in in_background(batches(), depth=2):  # decoding and resizing in their own thread
             clips = np.stack([np.stack([small for _, small in window]) for _, window in batch])  # B×T×h×w×3
             clip = rearrange(torch.from_numpy(clips), "b t h w c -> b c t h w").float().div(255).to(device)
             probs = predict_probs(model, clip)
             for (t, window), prob in zip(batch, probs):
-                native = window[CLIP_LEN // 2][0]
-                prob = F.interpolate(prob[None], size=native.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-                prob = prob.clamp(0, 1).cpu().numpy()
-                mask = prob > threshold
-                _write_png(tmp / "probs" / f"{t:05d}.png", np.round(prob * 255).astype(np.uint8))
-                _write_png(tmp / "masks" / f"{t:05d}.png", mask.astype(np.uint8) * 255)
-                per_frame.append({"frame": t, "forged_fraction": float(mask.mean()), "p99": float(np.quantile(prob, 0.99))})
-                yield red_overlay(native, mask)
+                yield t, window[CLIP_LEN // 2][0], prob
+
+    def overlay_frames() -> Iterator[np.ndarray]:
+        """Write maps and masks; yield overlay frames for the encoder. The model runs one stage ahead."""
+        for t, native, prob in in_background(predictions(), depth=2 * batch_size):
+            prob = F.interpolate(prob[None], size=native.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            prob = prob.clamp(0, 1).cpu().numpy()
+            mask = prob > threshold
+            _write_png(tmp / "probs" / f"{t:05d}.png", np.round(prob * 255).astype(np.uint8))
+            _write_png(tmp / "masks" / f"{t:05d}.png", mask.astype(np.uint8) * 255)
+            per_frame.append({"frame": t, "forged_fraction": float(mask.mean()), "p99": float(np.quantile(prob, 0.99))})
+            yield red_overlay(native, mask)
 
     fps = source.info.fps if isinstance(source, PathSource) and source.info.fps else 25
     frames_iter = tqdm(overlay_frames(), total=source.num_frames, desc="detect", unit="frame", disable=not progress)
@@ -189,16 +251,10 @@ def detect_video(
         "outputs": {"probs": "probs", "masks": "masks", "overlay": "overlay.mp4"},
         "version": __version__,
     }
-    _write_json_atomic(out / "report.json", report)
+    storage.atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vilocal_dist import storage
+from vilocal_dist.device import pick_device
 from vilocal_dist.data.clips import ClipDataset
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint
@@ -30,7 +32,7 @@ _DETECTOR_KEYS = ("stage", "model_name", "model_config", "model_state", "train_c
 
 def model_reference(checkpoint: str | Path) -> str:
     """How reports name a model: a registry URI as given, a checkpoint as an absolute path."""
-    return str(checkpoint) if is_model_uri(checkpoint) else str(Path(checkpoint).resolve())
+    return str(checkpoint) if is_model_uri(checkpoint) else storage.normalize(checkpoint)
 
 
 @torch.no_grad()
@@ -84,6 +86,16 @@ def evaluate_model(
     return evaluator.compute()
 
 
+def cached(path: str | Path) -> str | Path:
+    """A local path for a checkpoint or video given as a path or storage URI (InputError if absent)."""
+    if is_model_uri(path):  # a registered model: resolve_model fetches it
+        return path
+    try:
+        return storage.local_copy(path)
+    except FileNotFoundError:
+        raise InputError("no such file or folder", path) from None
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -96,20 +108,22 @@ def evaluate_checkpoint(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt, model, size = load_detector(checkpoint, device, size)
-    records = ForgedDataset(data).records(split=split, methods=list(methods) if methods else None)
+    """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``; either
+    may be a storage URI (read through the node-local cache)."""
+    device = pick_device(str(device or "auto"))
+    ckpt, model, size = load_detector(cached(checkpoint), device, size)
+    forged = ForgedDataset(data)
+    records = forged.records(split=split, methods=list(methods) if methods else None)
     if not records:
         raise InputError(f"no complete videos in split {split!r}" + (f" for methods {list(methods)}" if methods else ""), data)
-    dataset = ClipDataset.from_manifest(data, split=split, methods=list(methods) if methods else None,
-                                        size=size, compress_fraction=0.0)
+    dataset = ClipDataset.from_manifest(forged.local_copy(records), split=split,
+                                        methods=list(methods) if methods else None, size=size, compress_fraction=0.0)
     scores = evaluate_model(model, dataset, threshold=threshold, batch_size=batch_size,
                             device=device, progress=progress)
     return {
         "model": model_reference(checkpoint),
         "model_name": ckpt["model_name"],
-        "data": str(Path(data).resolve()),
+        "data": storage.normalize(data),
         "split": split,
         "size": list(size),
         **scores,

@@ -8,6 +8,7 @@ was asked to fill (``composite`` keeps every other pixel untouched).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vilocal_dist.data.composed import ComposedVideo
-from vilocal_dist.data.manifest import ForgedDataset, split_for, video_id, write_forged_video
+from vilocal_dist import storage
+from vilocal_dist.data.manifest import ForgedDataset, publish, split_for, store_video, stored_record, video_id
 from vilocal_dist.data.sources import VideoSource, load_video, open_source
 from vilocal_dist.errors import InputError
 from vilocal_dist.inpaint.registry import get_method
@@ -55,21 +57,28 @@ def forge_video(
     size: tuple[int, int] | None = None,
     max_frames: int | None = None,
     progress: bool = False,
+    publish_record: bool = True,
 ) -> dict[str, Any]:
     """Inpaint ``source``'s masked objects with ``method`` and add the video to the dataset at
-    ``out_root``; returns its manifest record. A video already complete there is not redone."""
+    ``out_root`` (a folder or storage URI); returns its manifest record. A video already complete
+    there (listed, or stored by an attempt whose record was never published) is not redone.
+    ``publish_record=False`` stores the video only: the caller publishes the record (the forge
+    driver does, for its trials)."""
     dataset = ForgedDataset(out_root)
     name = source_name(source)
     vid = video_id(name, method)
     for record in dataset.records():
         if record["id"] == vid:
             return record
+    stored = stored_record(out_root, vid)
+    if stored is not None:
+        return publish(out_root, [stored])[0] if publish_record else stored
     inpaint = get_method(method)  # unknown names fail before any decoding
     frames, masks, spec = _load(source, size, max_frames)
     if not masks.any():
         raise InputError("the source's masks are empty: there is nothing to remove", spec)
     # Checkpoints of long methods live here, so a retried trial resumes instead of restarting.
-    workdir = Path(out_root) / ".work" / vid
+    workdir = _workdir(dataset, vid)
     result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress, workdir=workdir)
     record = {
         "source_video": name,
@@ -82,9 +91,19 @@ def forge_video(
         "size": list(frames.shape[1:3]),
         "max_frames": max_frames,
     }
-    published = write_forged_video(out_root, record, result.frames, masks)
+    stored = store_video(out_root, record, result.frames, masks)
+    published = publish(out_root, [stored])[0] if publish_record else stored
     shutil.rmtree(workdir, ignore_errors=True)  # the video is in the dataset: its checkpoints are dead weight
     return published
+
+
+def _workdir(dataset: ForgedDataset, vid: str) -> Path:
+    """Where a method checkpoints: beside a local dataset (shared by a retry on any node of an
+    NFS root), in node-local scratch for an object store (a retry elsewhere starts over)."""
+    if not dataset.remote:
+        return Path(dataset.root) / ".work" / vid
+    key = hashlib.sha1(dataset.uri.encode()).hexdigest()[:12]
+    return storage.scratch_dir() / "work" / key / vid
 
 
 def forge_local(

@@ -51,12 +51,19 @@ class StageResult:
 
 def fresh_model(cfg: Any) -> nn.Module:
     """A newly initialised ``cfg.model`` (a TrainConfig), the same weights for the same ``cfg.seed``:
-    reruns and restarted worker groups start from identical weights, on every worker."""
-    from vilocal_dist.models import create_model
+    reruns and restarted worker groups start from identical weights, on every worker.
 
+    Blocks are recomputed in backward only where a step at ``cfg.batch_size`` and ``cfg.size``
+    would not fit the default memory budget (checkpointing "auto", `models.memory`)."""
+    from vilocal_dist.models import create_model, get_config
+    from vilocal_dist.models.memory import DEFAULT_BUDGET_GIB, checkpoint_overrides
+
+    config = get_config(cfg.model, use_hp3d=cfg.use_hp3d)
+    recompute = checkpoint_overrides("auto", config, cfg.batch_size, 5, cfg.size,  # 5-frame clips
+                                     DEFAULT_BUDGET_GIB * 2**30)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return create_model(cfg.model, use_hp3d=cfg.use_hp3d)
+        return create_model(cfg.model, use_hp3d=cfg.use_hp3d, **recompute)
 
 
 def cosine_lr(step: int, total_steps: int, lr: float, min_lr: float) -> float:

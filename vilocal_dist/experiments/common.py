@@ -23,19 +23,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vilocal_dist.config import check_keys, from_mapping
 from vilocal_dist.errors import ConfigError, InputError
-from vilocal_dist.paths import REPO_ROOT
+from vilocal_dist.paths import spec_dir
 
 log = logging.getLogger(__name__)
 
 #: Where the sweep and protocol YAMLs live in a checkout (look them up with :func:`spec_file`).
-SPEC_ROOT = REPO_ROOT / "sweeps"
+SPEC_ROOT = spec_dir()  # package data: there in a checkout and in an installed package
 
 
 # ----------------------------------------------------------------------------- config files
@@ -395,8 +394,7 @@ def pair(iou: float | None, f1: float | None, digits: int = 2) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from vilocal_dist.storage import atomic_write_text
+
+    atomic_write_text(path, text)
     return path

@@ -118,10 +118,10 @@ def _step(n: int, total: int, text: str) -> None:
 
 
 def _train(spec: DemoSpec, data: Path, run_name: str) -> list[Any]:
-    from vilocal_dist.distributed.train import train
+    from vilocal_dist.distributed.train import fit_workers, train
 
     return train("both", spec.setup.train, data, run_name=run_name, methods=list(spec.train_on),
-                 workers=spec.setup.workers, register=True)
+                 workers=fit_workers(spec.setup.workers), register=True)
 
 
 def _evaluate(spec: DemoSpec, checkpoint: str, data: Path, model_ref: str) -> list[dict[str, Any]]:

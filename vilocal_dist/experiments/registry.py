@@ -68,7 +68,7 @@ def spec_paths(name: str, tiny: bool) -> list[Path]:
     paths = [spec_file(f"experiments/{name}.yaml")] + ([spec_file(f"experiments/{name}{TINY_SUFFIX}.yaml")] if tiny else [])
     for path in paths:
         if not path.is_file():
-            raise ConfigError("experiment config not found (run from a checkout, or pass --config)", path)
+            raise ConfigError("experiment config not found (is the package installed with its data?)", path)
     return paths
 
 

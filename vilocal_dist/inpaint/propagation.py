@@ -41,6 +41,7 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.inpaint.base import check_cfg
 from vilocal_dist.inpaint.flow import dis_estimator, dis_flow, warp
@@ -373,7 +374,7 @@ def propagate_mask(
     if not mask.any():
         raise InputError(f"the mask of frame {frame_index} is empty: nothing to propagate")
     index = frame_index % len(frames)
-    device = torch.device(conf.device if conf.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(conf.device)
     t_count, height, width = frames.shape[:3]
     h, w = _working_size(height, width, conf.size)
     small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])

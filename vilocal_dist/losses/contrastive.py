@@ -72,9 +72,9 @@ def pixel_contrastive_loss(
 
     Returns ``loss`` (scalar with grad), ``n_valid`` (int: samples that contributed), ``pos_sim``
     and ``neg_sim`` (mean positive logit and mean anchor–negative cosine over the valid samples,
-    detached; 0 when no sample is valid).
+    detached; 0 when no sample is valid). τ and the sample cap are checked once where they enter
+    (`PixelContrastiveLoss`, the training config), not here on every step.
     """
-    _validate(temperature, max_samples)
     if features.dim() != 4:
         raise ValueError(f"features must be [B, C, h, w], got {list(features.shape)}")
     if masks.shape[0] != features.shape[0]:

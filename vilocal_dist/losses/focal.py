@@ -26,8 +26,10 @@ def focal_loss(
 ) -> dict[str, torch.Tensor]:
     """Mean focal loss. logits: ``[B, 1, H, W]`` (or any shape); targets: same number of elements,
     bool or float in [0, 1] (True/1 = inpainted). Returns ``{"loss": scalar}``.
+
+    α and γ are not checked here, once per step: `FocalLoss` and the training config check them
+    once where they enter.
     """
-    _validate(alpha, gamma)
     if logits.numel() != targets.numel():
         raise ValueError(f"logits {list(logits.shape)} and targets {list(targets.shape)} differ")
     # fp32 even under bf16 autocast: (1 − p_t)^γ of confident pixels underflows in bf16.

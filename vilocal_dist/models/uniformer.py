@@ -25,36 +25,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-#: Query rows per chunk when attention dropout must run outside a fused kernel (see `attention`).
-ATTENTION_CHUNK = 512
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """Multi-head attention ``softmax(q kᵀ / √d) v`` through SDPA. q, k, v: ``[B, heads, N, d]``.
-
-    PyTorch's fused CPU kernel has no dropout, so SDPA with ``dropout_p > 0`` on CPU falls back to
-    the math kernel, which materialises the full N×N matrix (6,480² tokens: 2.6 GB for one ViLocal
-    block at batch 2). There we process ``chunk`` query rows at a time, each chunk checkpointed, so
-    at most ``chunk × N`` scores exist at once; rows are independent, so the result is the same
-    attention. CUDA's fused kernels handle dropout themselves and take one call.
-    """
-    if chunk is None:
-        chunk = ATTENTION_CHUNK if dropout_p > 0 and q.device.type != "cuda" else 0
-    if chunk <= 0 or chunk >= q.shape[2]:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-
-    def one_chunk(q_part: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q_part, k, v, dropout_p=dropout_p)
-
-    use_ckpt = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    parts = [
-        checkpoint(one_chunk, q_part, use_reentrant=False) if use_ckpt else one_chunk(q_part)
-        for q_part in q.split(chunk, dim=2)
-    ]
-    return torch.cat(parts, dim=2)
+from vilocal_dist.models.attention import attention
 
 
 class _DepthwiseConv3dFunction(torch.autograd.Function):

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vilocal_dist import storage
 from vilocal_dist.tracking.setup import tracking_uri
 
 MANIFEST = "manifest.jsonl"
@@ -37,8 +38,8 @@ def dataset_uri(root: str | Path) -> str:
 
 def manifest_sha256(root: str | Path) -> str:
     """sha256 of the dataset's manifest (what it holds, every video's hash included); "none" if absent."""
-    path = Path(root) / MANIFEST
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+    path = storage.join(root, MANIFEST)  # a folder or a storage URI
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest() if storage.exists(path) else "none"
 
 
 def _profile(root: Path) -> dict[str, Any]:

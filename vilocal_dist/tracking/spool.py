@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from vilocal_dist.storage import atomic_write_text, fsync_path
 from vilocal_dist.tracking.setup import home_dir, storage_path
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class RunLog:
     def write_note(self, text: str) -> Path:
         """A human-readable note beside the spool (``<run id>.gap.txt``), removed on delivery."""
         note = self.path.with_suffix(".gap.txt")
-        _atomic_write(note, text.rstrip() + "\n")
+        atomic_write_text(note, text.rstrip() + "\n")
         return note
 
     # --- delivery ---------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class RunLog:
                 else:
                     self._refuse(exc, record)
                 if done:
-                    _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records[done:]))
+                    atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records[done:]))
                 return False
         self._remove()
         if records:
@@ -320,7 +320,7 @@ class RunLog:
             f.flush()
             os.fsync(f.fileno())
         if new:  # the file's directory entry must survive a crash too
-            _fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
 
     def _remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -345,24 +345,3 @@ def read_spool(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             log.warning("%s:%d: skipping a torn spool line (a crash while writing it)", path, number)
     return records
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -149,13 +149,13 @@ class TrainingKind(SweepKind):
 
 def train_concurrency(workers: int) -> int:
     """Training trials that fit at once: each holds 1 CPU for its driver plus, per Train worker,
-    1 CPU and (on a GPU cluster) 1 GPU — Ray Train's defaults, which train_stage uses."""
-    import ray
+    1 CPU and (on a cluster that has or can start GPUs) 1 GPU, as train_stage gives them."""
+    from vilocal_dist.distributed.resources import cluster_capacity
 
-    res = ray.cluster_resources()
-    fits = [math.floor(res.get("CPU", 1) / (1 + workers))]
-    if res.get("GPU", 0) > 0:
-        fits.append(math.floor(res["GPU"] / workers))
+    cap = cluster_capacity()
+    fits = [math.floor(cap.max_cpus / (1 + workers))]
+    if cap.has_gpus:
+        fits.append(math.floor(cap.max_gpus / workers))
     return max(1, min(fits))
 
 

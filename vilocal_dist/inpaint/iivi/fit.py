@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.inpaint.base import Fill, InpaintResult, Method
 from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
-from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors, resolve_device
+from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
 from vilocal_dist.inpaint.stopping import Plateau, record_point, scaled_dilation
 
@@ -85,7 +86,7 @@ def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, p
     Each phase (reconstruction, then regularised) runs until the stopping rule sees a plateau of
     ``selfval/psnr`` or reaches its maximum (``iters_recon``, ``iters_reg``).
     """
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     small, small_masks = to_working_size(frames, masks, cfg)
     holes = dilate_masks(small_masks, scaled_dilation(cfg.dilate, small.shape[1], cfg.dilate_ref_rows))
     holdout = holdout_masks(holes, cfg.holdout, seed)

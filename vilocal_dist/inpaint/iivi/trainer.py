@@ -51,12 +51,6 @@ class VideoTensors:
         )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_vgg(cfg: IIVIConfig, device: torch.device) -> VGGFeatures | None:
     """The shared frozen VGG-19 for L_amb, or None when the schedule never uses it."""
     if not cfg.needs_vgg:

@@ -24,6 +24,7 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
+from vilocal_dist.device import pick_device
 from vilocal_dist.inpaint.base import Fill, Method
 from vilocal_dist.inpaint.flow import FlowCache
 from vilocal_dist.inpaint.intervi.config import InterVIConfig
@@ -61,12 +62,6 @@ def batch_at(step: int, batches: list[tuple[int, list[int]]], updates_per_batch:
     epoch, within = divmod(index, len(batches))
     order = np.random.default_rng([seed, epoch]).permutation(len(batches))
     return batches[int(order[within])]
-
-
-def _device(config: InterVIConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
 
 
 def _perceptual(config: InterVIConfig, device: torch.device) -> tuple[torch.nn.Module | None, str]:
@@ -143,7 +138,7 @@ def fit_intervi(
     composited), the metrics and the runtime facts for the record.
     """
     n, h, w = masks.shape
-    device = _device(config)
+    device = pick_device(config.device)
     amp = config.amp and device.type == "cuda"
     torch.manual_seed(seed)
     offsets = config.signed_offsets
