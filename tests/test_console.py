@@ -44,8 +44,10 @@ def test_a_smoke_forge_prints_phases_a_bar_and_a_summary_only(tmp_path):
     assert len(lines) <= 8, "\n".join(lines)
     noise = [line for line in lines if any(mark in line for mark in TUNE_OR_RAY_NOISE)]
     assert not noise, noise
-    assert lines[0].startswith("vilocal forge · full log: ")
-    log = Path(lines[0].split("full log: ", 1)[1])
+    log_lines = [line for line in lines if line.startswith("vilocal forge · full log: ")]
+    assert len(log_lines) == 1, lines
+    assert "full log: " not in stdout  # on stderr: stdout stays machine-readable
+    log = Path(log_lines[0].split("full log: ", 1)[1])
     assert log.parent == home / "logs" and log.is_file()
     assert any(line.startswith("forge: 2 forged videos to make") for line in lines)
     assert any("forge: 100%" in line and "2/2" in line for line in lines)  # the trial bar, finished

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     long = args.command in LONG_COMMANDS
     log_file = console.setup(args.command, args.verbose, home_dir() / "logs" if long else None)
-    if log_file is not None:
-        print(f"vilocal {args.command} · full log: {log_file}", flush=True)
+    if log_file is not None:  # stderr: stdout stays parseable for --json / --show-config
+        print(f"vilocal {args.command} · full log: {log_file}", file=sys.stderr, flush=True)
     try:
         return int(args.func(args) or 0)
     except VilocalError as exc:
