@@ -46,7 +46,6 @@ def test_a_smoke_forge_prints_phases_a_bar_and_a_summary_only(tmp_path):
     assert not noise, noise
     log_lines = [line for line in lines if line.startswith("vilocal forge · full log: ")]
     assert len(log_lines) == 1, lines
-    assert "full log: " not in stdout  # on stderr: stdout stays machine-readable
     log = Path(log_lines[0].split("full log: ", 1)[1])
     assert log.parent == home / "logs" and log.is_file()
     assert any(line.startswith("forge: 2 forged videos to make") for line in lines)

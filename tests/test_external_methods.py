@@ -53,7 +53,7 @@ def test_command_runs_the_program_and_checks_its_output() -> None:
     [
         ({"env": "FILL_MODE=fail"}, r"exited with status 3; stderr: fill_script: mode fail \| fill_script: model weights missing"),
         ({"env": "FILL_MODE=wrong-size"}, r"00000\.png is 34x48, expected 32x48 \(HxW\)"),
-        ({"env": "FILL_MODE=sleep", "timeout_s": 2}, r"ran past timeout_s=2; stderr: fill_script: mode sleep"),
+        ({"env": "FILL_MODE=sleep", "timeout_s": 8}, r"ran past timeout_s=8; stderr: fill_script: mode sleep"),
         ({"template": "no-such-program-xyz {out_dir}"}, r"program 'no-such-program-xyz' not found"),
         ({"template": f"{sys.executable} -c pass {{out_dir}}"}, r"has 0 PNG frames, expected 4"),
     ],

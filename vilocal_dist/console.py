@@ -71,7 +71,8 @@ def setup(command: str, verbose: bool, log_dir: Path | None) -> Path | None:
         handler.close()
     level = logging.DEBUG if verbose else logging.INFO
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(level)
+    # Quiet by default: INFO records (what a phase line or bar already says) go to the file only.
+    console.setLevel(level if verbose else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if not verbose:
         console.addFilter(_ConsoleFilter())

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     long = args.command in LONG_COMMANDS
     log_file = console.setup(args.command, args.verbose, home_dir() / "logs" if long else None)
-    if log_file is not None:  # stderr: stdout stays parseable for --json / --show-config
-        print(f"vilocal {args.command} · full log: {log_file}", file=sys.stderr, flush=True)
+    machine_readable = getattr(args, "json", False) or getattr(args, "show_config", False)
+    if log_file is not None and not machine_readable:  # --json / --show-config: stdout stays parseable
+        print(f"vilocal {args.command} · full log: {log_file}", flush=True)
     try:
         return int(args.func(args) or 0)
     except VilocalError as exc:
