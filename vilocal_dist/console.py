@@ -71,8 +71,7 @@ def setup(command: str, verbose: bool, log_dir: Path | None) -> Path | None:
         handler.close()
     level = logging.DEBUG if verbose else logging.INFO
     console = logging.StreamHandler(sys.stderr)
-    # Quiet by default: INFO records (what a phase line or bar already says) go to the file only.
-    console.setLevel(level if verbose else logging.WARNING)
+    console.setLevel(level)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if not verbose:
         console.addFilter(_ConsoleFilter())

@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import logging
 import math
 import os
 import resource
@@ -25,12 +24,11 @@ import numpy as np
 from vilocal_dist import __version__
 from vilocal_dist.cli import checks
 from vilocal_dist.config import apply_sets, parse_sets, size_arg
+from vilocal_dist.console import phase
 from vilocal_dist.data.sources import load_video, open_source
 from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.video.io import IMAGE_EXTS, read_mask_image, resize_mask, write_png_folder, write_video
 from vilocal_dist.video.validate import check_same_size
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -149,7 +147,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
         if not one.any():
             raise InputError("mask is empty: nothing to inpaint", mask)
         propagation = importlib.import_module("vilocal_dist.inpaint.propagation")
-        log.info("propagating the mask of frame %d to %d frames", index, len(frames))
+        phase(f"propagating the mask of frame {index} to {len(frames)} frames")
         started = time.perf_counter()
         prop = propagation.propagate_mask(
             frames, one, index, apply_sets({}, parse_sets(args.prop_overrides)), seed=args.seed, progress=not args.quiet
@@ -226,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     frames, masks, described = load_inputs(args)
     out.mkdir(parents=True, exist_ok=True)
     workdir = (args.workdir or out / ".work").expanduser()
-    log.info("inpainting %d frames of %dx%d with %s", len(frames), frames.shape[2], frames.shape[1], args.method)
+    phase(f"inpainting {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} with {args.method}")
     started = time.perf_counter()
     lambda_table = None
     if args.auto_lambda:
