@@ -212,12 +212,14 @@ def test_forge_train_evaluate_detect_on_two_nodes_with_s3(mn, tmp_path):
     assert "report.json" in written and "overlay.mp4" in written and sum(f.startswith("masks/") for f in written) == 4
 
     # Nothing outside the storage root but caches: node scratch holds only cache/, the working
-    # folder nothing, the home only the local MLflow store (this test runs no MLflow server).
+    # folder nothing, the home only the local MLflow store (this test runs no MLflow server) and
+    # the driver's own command logs.
     for name, folder in mn.scratch.items():
         assert all(f.startswith("cache/") for f in local_files(folder)), (name, local_files(folder))
     assert local_files(cwd) == []
     home = sorted(p.name for p in mn.home.iterdir())
-    assert home == ["artifacts", "mlflow.db"], home
+    assert home == ["artifacts", "logs", "mlflow.db"], home
+    assert all(p.suffix == ".log" for p in (mn.home / "logs").iterdir())
     print(f"\nend to end on 3 nodes: {time.perf_counter() - start:.0f} s")
 
 

@@ -42,12 +42,12 @@ def manifest_sha256(root: str | Path) -> str:
     return hashlib.sha256(storage.read_bytes(path)).hexdigest() if storage.exists(path) else "none"
 
 
-def _profile(root: Path) -> dict[str, Any]:
-    records = []
-    if (root / MANIFEST).is_file():
-        records = [json.loads(line) for line in (root / MANIFEST).read_text().splitlines() if line.strip()]
+def _profile(root: str | Path) -> dict[str, Any]:
+    path = storage.join(root, MANIFEST)  # a folder or a storage URI (a Path would mangle s3://)
+    text = storage.read_bytes(path).decode() if storage.exists(path) else ""
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     return {
-        "manifest_sha256": manifest_sha256(root),
+        "manifest_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "none",
         "videos": len(records),
         "frames": sum(int(r.get("frames", 0)) for r in records),
         "by_split": dict(Counter(str(r.get("split")) for r in records)),
@@ -65,7 +65,7 @@ def forged_dataset(root: str | Path) -> Any:
 
         @property
         def profile(self) -> Any:
-            return _profile(Path(root))
+            return _profile(root)
 
         def to_dict(self) -> dict[str, str]:
             return {**super().to_dict(), "profile": json.dumps(self.profile)}
