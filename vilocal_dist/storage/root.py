@@ -37,8 +37,11 @@ class FileEntry(NamedTuple):
 
 def is_remote(root: str | Path) -> bool:
     """Whether ``root`` is an object-store (or any non-local) URI."""
-    scheme = urlparse(str(root)).scheme
-    return len(scheme) > 1 and scheme != "file"  # one letter: a Windows drive, not a scheme
+    text = str(root)
+    scheme = urlparse(text).scheme
+    # "scheme://" only: one letter is a Windows drive, and "composed:…" / "models:/…" are not
+    # storage (built-in videos, registered models).
+    return "://" in text and len(scheme) > 1 and scheme != "file"
 
 
 def normalize(root: str | Path) -> str:
