@@ -54,3 +54,16 @@ def mlflow_home(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VILOCAL_STORAGE", raising=False)
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory) -> Path:
+    """A tiny forged dataset: 3 composed videos x 5 frames at 32x48, telea, 2 train / 1 test."""
+    from vilocal_dist.data.composed import compose_video
+    from vilocal_dist.engines.forge import forge_local
+
+    root = tmp_path_factory.mktemp("forged")
+    videos = [compose_video(seed, 5, (32, 48)) for seed in range(3)]
+    forge_local(root, videos, ["telea"], splits={v.name: s for v, s in zip(videos, ["train", "train", "test"])},
+                progress=False)
+    return root

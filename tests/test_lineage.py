@@ -8,9 +8,7 @@ import json
 
 import pytest
 
-from vilocal_dist.data.composed import compose_video
 from vilocal_dist.engines.config import TrainConfig
-from vilocal_dist.engines.forge import forge_local
 from vilocal_dist.tracking.lineage import (
     CONSUMERS_TAG,
     FORGE_RUN_TAG,
@@ -21,15 +19,6 @@ from vilocal_dist.tracking.lineage import (
 )
 
 SIZE = (32, 48)
-
-
-@pytest.fixture(scope="module")
-def forged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("forged")
-    videos = [compose_video(seed, 5, SIZE) for seed in range(3)]
-    forge_local(root, videos, ["telea"], splits={v.name: s for v, s in zip(videos, ["train", "train", "test"])},
-                progress=False)
-    return root
 
 
 def _client():

@@ -12,24 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vilocal_dist.data.composed import compose_video
 from vilocal_dist.engines.checkpoint import load_checkpoint
 from vilocal_dist.engines.config import TrainConfig
-from vilocal_dist.engines.forge import forge_local
 
 pytestmark = pytest.mark.ray
 
 SIZE = (32, 48)
 EXPERIMENT = "test-train"
-
-
-@pytest.fixture(scope="module")
-def forged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("forged")
-    videos = [compose_video(seed, 5, SIZE) for seed in range(3)]
-    forge_local(root, videos, ["telea"], splits={v.name: s for v, s in zip(videos, ["train", "train", "test"])},
-                progress=False)
-    return root
 
 
 def _cfg(**changes) -> TrainConfig:
