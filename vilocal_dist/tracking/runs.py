@@ -37,6 +37,8 @@ def git_commit() -> str:
     """Commit of this code: $VILOCAL_GIT_COMMIT (set in images without .git), else the checkout's."""
     if os.environ.get("VILOCAL_GIT_COMMIT"):
         return os.environ["VILOCAL_GIT_COMMIT"]
+    if not (REPO_ROOT / ".git").exists():  # an installed package (the cluster image): no checkout
+        return "unknown"
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
