@@ -151,6 +151,12 @@ def _detector_work(kind: str, plan: dict[str, Any], attention: str, device: str,
     return _json_child(["vilocal_dist.bench.model", "--worker", json.dumps([kind, params])], timeout)
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant figures: tiny quick-suite steps take milliseconds, and
+    rounding them to fixed decimals would distort the ratios printed beside them."""
+    return float(f"{x:.{digits}g}")
+
+
 def bench_detector(plan: dict[str, Any], device: str, timeout: float | None) -> dict[str, Any]:
     """Inference and training step against the authors' attention; rates against the matmul peak.
 
@@ -170,10 +176,10 @@ def bench_detector(plan: dict[str, Any], device: str, timeout: float | None) -> 
         base_seconds = authors["s_per_clip"] if kind == "infer" else authors["step_s"]
         precision = ours.get("precision", "fp32") if kind == "infer" else "fp32"
         out[kind] = {
-            "size": ours["size"], "batch": ours["batch"], "frames": ours["frames"], "seconds": round(seconds, 3),
-            "cpu_seconds": round(ours["cpu_s_per_clip" if kind == "infer" else "cpu_s"], 3),
+            "size": ours["size"], "batch": ours["batch"], "frames": ours["frames"], "seconds": _sig(seconds),
+            "cpu_seconds": _sig(ours["cpu_s_per_clip" if kind == "infer" else "cpu_s"]),
             "peak_mib": ours["vmhwm_mib"], "precision": precision, "recompute": ours.get("recompute"),
-            "authors_seconds": round(base_seconds, 3), "authors_peak_mib": authors["vmhwm_mib"],
+            "authors_seconds": _sig(base_seconds), "authors_peak_mib": authors["vmhwm_mib"],
             "speedup_vs_authors": round(base_seconds / seconds, 2),
             "memory_vs_authors": round(ours["vmhwm_mib"] / authors["vmhwm_mib"], 2),
             "gflop": round(gflop, 4), "gflops": round(gflop / seconds, 3),
