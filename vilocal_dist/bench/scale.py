@@ -15,7 +15,8 @@ Cases: ``--n`` with the automatic videos per trial, the same with one video per 
 ``--control-n`` (the choice this measures), a loopback ``mlflow server`` at ``--server-n``, and a
 resume at ``--resume-n``: a forge whose driver and Ray processes are SIGKILLed once half the
 videos are listed, then the same forge again; it reports the restore time and how many finished
-videos were redone (the target is none).
+videos were redone (the target is none). ``--ui-probe`` also times what the MLflow UI's
+experiment page waits for over the largest case's store (``probe_ui``).
 
     python -m vilocal_dist.bench.scale --n 100,1000,10000 --json --plot scale.png
 """
@@ -160,7 +161,61 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "mlflow_lookup_s": round(stats.get("mlflow_lookup_s", 0.0), 3),
     }  # fmt: skip
     result.update(_invariants(out, jobs, tracking_uri()))
+    if case.get("ui_probe") and not case.get("uri"):
+        result["ui"] = probe_ui(root / "ui-server", Path(os.environ["VILOCAL_HOME"]) / "mlflow.db")
     return result
+
+
+def _timed_json(url: str, body: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        payload = json.loads(answer.read() or b"{}")
+    return time.perf_counter() - start, payload
+
+
+def probe_ui(folder: Path, db: Path) -> dict[str, Any]:
+    """What the MLflow UI's experiment page waits for, against a loopback server over ``db``: the
+    app's HTML, and the runs-table query it sends (the newest 100 runs), plus every run in pages of
+    1,000 (what "load more" to the end, or a full export, costs)."""
+    from vilocal_dist.tracking.local_server import LocalServer
+
+    server = LocalServer(folder, db=db)
+    start = time.perf_counter()
+    server.start()
+    try:
+        started = time.perf_counter() - start
+        html_s, _ = _timed_page(server.uri + "/")
+        _, exp = _timed_json(f"{server.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=vilocal-forge")
+        query = {"experiment_ids": [exp["experiment"]["experiment_id"]], "order_by": ["attributes.start_time DESC"]}
+        first_s, first = _timed_json(f"{server.uri}/ajax-api/2.0/mlflow/runs/search", {**query, "max_results": 100})
+        total, pages, token, all_s = 0, 0, None, 0.0
+        while True:
+            seconds, page = _timed_json(f"{server.uri}/ajax-api/2.0/mlflow/runs/search",
+                                        {**query, "max_results": 1000, **({"page_token": token} if token else {})})
+            all_s += seconds
+            total += len(page.get("runs", []))
+            pages += 1
+            token = page.get("next_page_token")
+            if not token:
+                break
+    finally:
+        server.stop()
+    return {"server_start_s": round(started, 1), "html_s": round(html_s, 3), "first_100_runs_s": round(first_s, 3),
+            "first_page_runs": len(first.get("runs", [])), "all_runs": total, "all_runs_s": round(all_s, 2),
+            "all_pages": pages}  # fmt: skip
+
+
+def _timed_page(url: str) -> tuple[float, int]:
+    import urllib.request
+
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=600) as answer:
+        size = len(answer.read())
+    return time.perf_counter() - start, size
 
 
 def _tree(pid: int) -> list[Any]:
@@ -221,10 +276,12 @@ def _json_child(args: list[str], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def plan_cases(ns: Sequence[int], *, control_n: int, server_n: int, resume_n: int) -> list[dict[str, Any]]:
-    """The cases to run: auto sharding at every N, one video per trial up to ``control_n``, a
-    tracking server at ``server_n`` and a kill-and-resume at ``resume_n`` (0 = leave it out)."""
-    cases = [{"n": n, "per_trial": 0} for n in ns]
+def plan_cases(ns: Sequence[int], *, control_n: int, server_n: int, resume_n: int,
+               ui_probe: bool = False) -> list[dict[str, Any]]:
+    """The cases to run: auto sharding at every N (the largest also probing the MLflow UI's
+    queries with ``ui_probe``), one video per trial up to ``control_n``, a tracking server at
+    ``server_n`` and a kill-and-resume at ``resume_n`` (0 = leave it out)."""
+    cases = [{"n": n, "per_trial": 0, **({"ui_probe": True} if ui_probe and n == max(ns) else {})} for n in ns]
     cases += [{"n": n, "per_trial": 1, "label": "one per trial"} for n in ns if n <= control_n]
     if server_n:
         cases.append({"n": server_n, "per_trial": 0, "server": True})
@@ -320,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control-n", type=int, default=1000, help="one-video-per-trial runs up to this N (0: none)")
     p.add_argument("--server-n", type=int, default=1000, help="N of the loopback mlflow server case (0: none)")
     p.add_argument("--resume-n", type=int, default=1000, help="N of the kill-and-resume case (0: none)")
+    p.add_argument("--ui-probe", action="store_true",
+                   help="time the MLflow UI's queries over the largest case's store (a loopback server)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per case (default 7200)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the curve here")
@@ -334,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--n {args.n!r}: write comma-separated integers, e.g. 100,1000")
     if not ns or min(ns) < 2:
         p.error("--n: every count must be at least 2")
-    cases = plan_cases(ns, control_n=args.control_n, server_n=args.server_n, resume_n=args.resume_n)
+    cases = plan_cases(ns, control_n=args.control_n, server_n=args.server_n, resume_n=args.resume_n,
+                       ui_probe=args.ui_probe)
     results = run_all(cases, args.timeout, log=None if args.json else print)
     report = {"cases": results, "growth": growth(results), "frames": FRAMES, "size": list(SIZE), "method": METHOD,
               "slots": SLOTS, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
@@ -345,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\n".join(table(results)))
         print(f"growth: {report['growth']}")
+        for r in results:
+            if "ui" in r:
+                print(f"MLflow UI over {r['n']:,} runs: {r['ui']}")
     return 0
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 
 class LocalServer:
-    """``mlflow server`` on 127.0.0.1 over ``root/mlflow.db`` and ``root/artifacts``; ``stop()``
+    """``mlflow server`` on 127.0.0.1 over ``db`` (default ``root/mlflow.db``) and ``root/artifacts``; ``stop()``
     kills it (its whole process group) and ``start()`` brings it back on the same port and store."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, db: str | Path | None = None) -> None:
         self.root = Path(root)
-        self.db, self.artifacts = self.root / "mlflow.db", self.root / "artifacts"
+        self.db, self.artifacts = Path(db) if db else self.root / "mlflow.db", self.root / "artifacts"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
