@@ -236,7 +236,9 @@ def train_stage(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if max_failures < 0:
         raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
-    if (joint or random_encoder) and (stage != 2 or encoder is not None or (joint and random_encoder)):
+    if joint and random_encoder:
+        raise ConfigError("joint and random_encoder exclude each other (joint trains its random encoder)")
+    if (joint or random_encoder) and (stage != 2 or encoder is not None):
         raise ConfigError("joint or random-encoder training is a stage-2 run without an encoder checkpoint")
     data = storage.normalize(data)  # a folder or a storage URI; workers read a node-local cached copy
     if stage == 2 and not (joint or random_encoder):
