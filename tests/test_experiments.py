@@ -301,6 +301,10 @@ def test_ablation_tiny(exp_home):
     children = {c.info.run_name: c for c in _check_recorded(result, {"plots/f1_by_method.png"}, set(names))}
     assert "train/unseen/f1_at_0.7" in children["full"].data.metrics
     assert children["finetune"].data.params["stage1_shared_with"] == "full"
+    client, _ = _runs(result.experiment)
+    finetune_runs = children["finetune"].data.tags["vilocal.train_runs"].split(",")
+    assert len(finetune_runs) == 1  # stage 2 only, from full's stage-1 checkpoint
+    assert load_checkpoint(client.get_run(finetune_runs[0]).data.params["encoder"])["stage"] == 1
 
     def encoder(name):
         state = load_checkpoint(children[name].data.params["model"])["model_state"]
@@ -312,7 +316,6 @@ def test_ablation_tiny(exp_home):
     assert any(not torch.equal(v, init[k]) for k, v in full.items())  # stage 1 trained it
     assert any(v.is_floating_point() and not torch.equal(v, full[k]) for k, v in finetune.items())
     # Stage 1 logs the similarities the contrastive loss computes, per epoch, to MLflow.
-    client, _ = _runs(result.experiment)
     stage1 = client.get_run(children["no_hp3d"].data.tags["vilocal.train_runs"].split(",")[0])
     assert stage1.data.tags["vilocal.stage"] == "1"
     assert all(-1.0 <= stage1.data.metrics[k] <= 1.0 for k in ("train/pos_sim", "train/neg_sim", "val/pos_sim",

@@ -71,7 +71,7 @@ class TrainConfig:
     stage1_weight_decay: float = 1e-4
     tau: float = 0.1
     contrast_samples: int = 3000  # max anchors / negatives sampled per frame
-    contrastive_labels: str = "centre"  # how feature cells get labels: CONTRASTIVE_LABELS
+    contrastive_labels: str = "centre"  # cell labels, CONTRASTIVE_LABELS; centre (the authors') measured as well
     # stage 2: frozen encoder + decoder + focal loss
     stage2_epochs: int = 5
     stage2_lr: float = 1e-4

@@ -142,7 +142,7 @@ def _train(config: AblationConfig, recorder: Any, data: Path, workdir: Path) -> 
     """One detector per condition (cached ones reused), and for each the condition whose stage 1 it
     shares ("" when it trained its own)."""
     setup = config.setup
-    encoders: dict[str, tuple[str, Path]] = {}  # stage-1 identity -> (condition, its stage-1 encoder.pt)
+    encoders: dict[str, tuple[str, Path]] = {}  # stage-1 identity -> (condition, its stage-1 checkpoint folder)
     models, shared = [], []
     for cond in config.conditions:
         cfg = setup.train.replace(**cond.train)

@@ -14,8 +14,8 @@ protocols that need the same forged dataset or the same trained detector share i
 after an interruption redoes only what is missing::
 
     WORKDIR/forged/<hash of data + methods>/   forged dataset (Tune fan-out, skips complete videos)
-    WORKDIR/models/<hash of train + data + methods>/model.pt, outcome.json (+ encoder.pt: the
-                                                 stage-1 checkpoint, when both stages ran)
+    WORKDIR/models/<hash of train + data + methods>/model.pt, outcome.json (+ encoder/model.pt:
+                                                 the stage-1 checkpoint, when both stages ran)
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class TrainedModel:
     run_ids: tuple[str, ...]  # MLflow runs of its training stages
     best_metrics: Mapping[str, float]
     reused: bool  # found complete in the cache, nothing trained now
-    encoder: Path | None = None  # its stage-1 checkpoint (encoder.pt) when it trained both stages
+    encoder: Path | None = None  # the folder of its stage-1 checkpoint when it trained both stages
 
 
 def architecture_fingerprint(model_name: str) -> str:
@@ -202,14 +202,14 @@ def train_model(
     stage: str = "both", encoder: Path | None = None,
 ) -> TrainedModel:
     """Train ViLocal on Ray Train (``cfg``: a TrainConfig; ``stage`` as for
-    ``distributed.train.train``, default both stages; ``encoder`` the stage-1 checkpoint of stage
-    "2") on the train split of ``methods``, or reuse the cached model trained with the same config
+    ``distributed.train.train``, default both stages; ``encoder`` the stage-1 checkpoint folder of
+    stage "2") on the train split of ``methods``, or reuse the cached model trained with the same config
     and stages (and encoder) on the same data.
 
     The Ray Train run name is the cache key, so an interrupted training resumes when rerun.
     """
     from vilocal_dist.distributed.train import train
-    from vilocal_dist.engines.checkpoint import load_checkpoint, save_checkpoint
+    from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
     methods = tuple(sorted(methods))
     identity = {"train": cfg.to_dict(), "data": manifest_sha256(data), "methods": methods,
@@ -217,16 +217,16 @@ def train_model(
     if stage != "both":
         identity["stage"] = stage
     if encoder is not None:
-        identity["encoder"] = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
+        identity["encoder"] = hashlib.sha256((Path(encoder) / CHECKPOINT_FILE).read_bytes()).hexdigest()
     key = config_hash(identity)
     folder = workdir / "models" / key
     done = folder / "outcome.json"
-    stage1 = folder / "encoder.pt"
+    stage1 = folder / "encoder"
     if done.is_file() and (folder / "model.pt").is_file():
         record = json.loads(done.read_text())
         log.info("model %s: reusing the detector trained on %s", key, "+".join(methods))
         return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], True,
-                            stage1 if stage1.is_file() else None)
+                            stage1 if (stage1 / CHECKPOINT_FILE).is_file() else None)
     outcomes = train(stage, cfg, data, run_name=f"exp-{key}", methods=list(methods), workers=workers,
                      experiment=experiment, encoder=encoder)
     if stage == "both":  # keep the stage-1 encoder: a variant of stage 2 can start from it
@@ -243,7 +243,7 @@ def train_model(
     }
     write_text_atomic(done, json.dumps(record, indent=2, sort_keys=True))
     return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], False,
-                        stage1 if stage1.is_file() else None)
+                        stage1 if (stage1 / CHECKPOINT_FILE).is_file() else None)
 
 
 # ----------------------------------------------------------------------------- evaluation
