@@ -50,7 +50,7 @@ def test_a_smoke_forge_prints_phases_a_bar_and_a_summary_only(tmp_path):
     assert log.parent == home / "logs" and log.is_file()
     assert any(line.startswith("forge: 2 forged videos to make") for line in lines)
     assert any("forge: 100%" in line and "2/2" in line for line in lines)  # the trial bar, finished
-    assert "forge: 2 videos planned, 0 already complete, 2 trials run, 0 failed" in stdout
+    assert "forge: 2 videos planned, 0 already complete, 2 forged in this run (1 per trial), 0 failed" in stdout
     text = log.read_text()
     assert "Ray worker logs: " in text and "Started a local Ray instance" in text  # what the console left out
 

@@ -226,7 +226,7 @@ def test_existing_dataset_is_not_overwritten_and_leftovers_are_replaced(forged, 
     assert not (stale / "junk").exists() and len(ForgedDataset(tmp_path / "out").records()) == 9
 
 
-def test_cli_import_then_train_two_methods_and_evaluate_the_third(forged, tmp_path, capsys):
+def test_cli_import_then_train_two_methods_and_evaluate_the_third(forged, tmp_path, capsys, mlflow_home):
     """The generalization protocol on imported data: train on telea+ns, score all three methods."""
     from vilocal_dist.engines.checkpoint import save_checkpoint
     from vilocal_dist.engines.config import TrainConfig
@@ -244,6 +244,17 @@ def test_cli_import_then_train_two_methods_and_evaluate_the_third(forged, tmp_pa
     assert main(["data", "import", str(path), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"] == {"train": 6, "test": 3}
+    # The import is the dataset's producing run: runs that use it link back to it.
+    import mlflow
+
+    from vilocal_dist.tracking.lineage import manifest_sha256, producer_run
+    from vilocal_dist.tracking.setup import tracking_uri
+
+    producer = mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(producer_run(out))
+    assert producer.data.tags["vilocal.kind"] == "import" and producer.data.metrics["import/videos"] == 9
+    assert producer.info.status == "FINISHED"
+    assert [(d.dataset.digest, [t.value for t in d.tags]) for d in producer.inputs.dataset_inputs] == [
+        (manifest_sha256(out)[:32], ["forge-output"])]
 
     cfg = TrainConfig(model="vilocal_tiny", size_h=SIZE[0], size_w=SIZE[1], compress_fraction=0.0, batch_size=2,
                       stage1_epochs=1, stage2_epochs=1, max_train_clips=4, max_val_clips=2)

@@ -5,63 +5,31 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from vilocal_dist.tracking.local_server import LocalServer
+
 SIZE = (32, 48)
 
 
-class Server:
-    """`mlflow server` on a SQLite file and an artifact folder; kill() and start() keep both."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.db, self.artifacts = root, root / "mlflow.db", root / "artifacts"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+class Server(LocalServer):
+    """A real `mlflow server`; ``kill()`` and ``start()`` keep its store (a test failure when it will not start)."""
 
     def start(self) -> None:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
-             "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 600  # a loaded 2-core machine takes a minute to import the app
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        pytest.fail("mlflow server did not answer /health")
+        try:
+            super().start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
 
     def kill(self) -> None:
         """SIGKILL the server and its workers: it goes away mid-whatever, as a crashed node would."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+        self.stop()
 
     def epochs_logged(self, run_name: str) -> int:
         """How many `epoch` values the server has stored for the run tagged ``run_name``."""

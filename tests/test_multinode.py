@@ -187,7 +187,7 @@ def test_forge_train_evaluate_detect_on_two_nodes_with_s3(mn, tmp_path):
     cwd.mkdir()
     data, ray_root = f"s3://{BUCKET}/forged", f"s3://{BUCKET}/ray"
     out = mn.vilocal("forge", *TINY, "--out", data, "--max-concurrent", "2", "--address", mn.address, cwd=cwd)
-    assert "2 videos planned, 0 already complete, 2 trials run, 0 failed" in out, out
+    assert "2 videos planned, 0 already complete, 2 forged in this run (1 per trial), 0 failed" in out, out
     records = check_complete(data)
     assert sorted((r["id"], r["split"]) for r in records) == [("composed-0__telea", "train"), ("composed-1__telea", "test")]
 

@@ -8,6 +8,8 @@ detect     detection frames/s and peak memory for a short and a long video (benc
 inpaint    per-method speed through the shared interface; IIVI training steps/s (bench.inpaint)
 fanout     forging throughput with 1 vs 2 concurrent Tune trials, per-trial overhead (bench.fanout)
 decode     decode frames/s and streaming peak memory of a 480p H.264 file (bench.decode)
+scale      the forge fan-out at 100 → 10,000 videos: driver cost per video, Tune state, manifest,
+           MLflow, kill-and-resume (bench.scale; an hour or more: only with ``--only scale``)
 =========  =====================================================================================
 
 Why subprocesses: a process's peak memory never goes down, so measurements sharing a process
@@ -27,7 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-BENCHMARKS = ("model", "detect", "inpaint", "fanout", "decode")
+BENCHMARKS = ("model", "detect", "inpaint", "fanout", "decode")  # the default run
+EXTRA = ("scale",)  # run when asked for by name
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ PLANS = {
         quick={"args": ["--videos", "2", "--frames", "4", "--size", "32x48", "--noop-trials", "2"]},
     ),
     "decode": Plan(full={"args": ["--frames", "300"]}, quick={"args": ["--frames", "30", "--repeats", "1"]}),
+    "scale": Plan(full={"args": ["--n", "100,1000,10000"]},
+                  quick={"args": ["--n", "50", "--control-n", "0", "--server-n", "0", "--resume-n", "0"]}),
 }
 
 
@@ -214,8 +219,12 @@ def bench_decode(plan: dict[str, Any], device: str, timeout: float | None) -> di
     return _json_child(["vilocal_dist.bench.decode", *plan["args"], "--json"], timeout)
 
 
+def bench_scale(plan: dict[str, Any], device: str, timeout: float | None) -> dict[str, Any]:
+    return _json_child(["vilocal_dist.bench.scale", *plan["args"], "--json"], timeout)
+
+
 RUNNERS = {"model": bench_model, "detect": bench_detect, "inpaint": bench_inpaint, "fanout": bench_fanout,
-           "decode": bench_decode}
+           "decode": bench_decode, "scale": bench_scale}
 
 
 def resolve_device(device: str) -> str:
@@ -238,7 +247,7 @@ def run_suite(
     names = list(only or BENCHMARKS)
     unknown = [n for n in names if n not in RUNNERS]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS + EXTRA)}")
     device = resolve_device(device)
     timeout = 900 if quick else None
     started = time.time()
@@ -296,6 +305,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         d = result["decode"]
         lines.append(f"decode   {d['width']}x{d['height']} {d['codec']}  {d['decode_fps']} frames/s  "
                      f"peak {d['peak_rss_mib']} MiB")
+    for r in result.get("scale", {}).get("cases", []):
+        lines.append(f"scale    {r['n']:>6} videos  {r['videos_per_trial']:>2}/trial  {r['tracking']:<6}  "
+                     f"{r['overhead_per_video_s']:.3f} s/video overhead  driver {r['driver_peak_rss_mib']:.0f} MiB"
+                     + (f"  resume: {r['redone']} redone" if r["resume"] else ""))
     lines += [f"ERROR    {name}: {message.splitlines()[0][:160]}" for name, message in result["errors"].items()]
     return lines
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vilocal_dist.errors import ConfigError
 
-NAMES = ("model", "detect", "inpaint", "fanout", "decode")
+NAMES = ("model", "detect", "inpaint", "fanout", "decode", "scale")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  inpaint  frames/s or iterations/s per inpainting method (shared interface)\n"
             "  fanout   forging throughput with 1 vs 2 concurrent Tune trials, per-trial overhead\n"
             "  decode   decode frames/s and streaming peak memory of a 480p H.264 file\n"
+            "  scale    forge fan-out at 100 to 10,000 videos (only with --only scale: an hour or more)\n"
             "Wall times on a shared machine depend on its load (reported beside them)."
         ),
         epilog="examples:\n  vilocal bench --quick --json\n  vilocal bench --only model,detect --device cuda --out bench.json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from vilocal_dist.cli.args import parse_size
 from vilocal_dist.errors import ConfigError
@@ -175,6 +176,7 @@ def run_import(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    _log_import(args, summary)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -188,6 +190,25 @@ def run_import(args: argparse.Namespace) -> int:
     if empty:
         print(f"  note: the {empty[0]} split is empty (raise or lower --test-fraction, or give split in a list)")
     return 0
+
+
+def _log_import(args: argparse.Namespace, summary: dict) -> None:
+    """The import as the producing run of its dataset (``vilocal-forge``, tag ``vilocal.kind=import``),
+    so train and evaluate runs on it link back to it as they do to a forge."""
+    import mlflow
+
+    from vilocal_dist.tracking.lineage import log_dataset_output
+    from vilocal_dist.tracking.runs import log_json, mlflow_run
+
+    params = {"source": str(Path(args.source).resolve()), "out": summary["out"], "masks": args.masks,
+              "copy": args.copy, "reference": args.reference, "test_fraction": args.test_fraction, "seed": args.seed,
+              "methods": args.methods}  # fmt: skip
+    with mlflow_run("vilocal-forge", f"import-{Path(summary['out']).name}", params=params,
+                    tags={"vilocal.kind": "import"}) as run:
+        mlflow.log_metrics({"import/videos": summary["videos"], "import/frames": summary["frames"],
+                            "import/sources": summary["sources"]})  # fmt: skip
+        log_json(summary, "import_summary.json")
+        log_dataset_output(run.info.run_id, summary["out"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "able to start GPU nodes, else it fails at once")  # fmt: skip
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: what the resources allow)")
     p.add_argument("--retries", type=int, default=2, help="restarts of a failed trial (default 2)")
+    p.add_argument("--videos-per-trial", type=int, default=0, metavar="K",
+                   help="videos one Tune trial forges in turn (default: 1 for small forges; for large ones enough "
+                        "that each concurrent slot runs about 8 trials, at most 50 videos each)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, repeatable (e.g. --set iivi.preset=tiny)")  # fmt: skip
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
@@ -81,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --sources and/or --composed N")
     if not 0.0 <= args.test_fraction <= 1.0:
         raise ConfigError(f"--test-fraction must be in [0, 1], got {args.test_fraction}")
-    if args.retries < 0 or args.max_concurrent < 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        raise ConfigError("--retries and --max-concurrent must be ≥ 0, --cpus-per-trial > 0, --gpus-per-trial ≥ 0")
+    if min(args.retries, args.max_concurrent, args.videos_per_trial) < 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise ConfigError("--retries, --max-concurrent and --videos-per-trial must be ≥ 0, --cpus-per-trial > 0, "
+                          "--gpus-per-trial ≥ 0")
     cfgs = method_overrides(args.overrides)
     for method in methods:
         check_method_config(method, cfgs.get(method))  # every option, before any video is read or Ray starts
@@ -95,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
         out=normalize(out), seed=args.seed, test_fraction=args.test_fraction,
         size_h=resize[0] if resize else 0, size_w=resize[1] if resize else 0, max_frames=args.max_frames,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, retries=args.retries,
+        max_concurrent=args.max_concurrent, retries=args.retries, videos_per_trial=args.videos_per_trial,
     )  # fmt: skip
     summary = forge(jobs, opts, address=args.address, num_cpus=args.num_cpus)
     print(f"forge: {summary.planned} videos planned, {summary.skipped} already complete, "
-          f"{summary.ran} trials run, {len(summary.failed)} failed -> {opts.out}")  # fmt: skip
+          f"{summary.ran} forged in this run ({summary.videos_per_trial} per trial), {len(summary.failed)} failed "
+          f"-> {opts.out}")  # fmt: skip
     if summary.failed:
         print(f"failed: {', '.join(summary.failed)} (rerun the same command to retry them)")
     if not summary.complete:

@@ -1,4 +1,4 @@
-"""The forged-dataset factory: one Tune trial per (video, method), each writing one forged video.
+"""The forged-dataset factory: Tune trials over the (video, method) pairs, each forging one video or a shard.
 
 Plan → skip → fan out:
 
@@ -7,10 +7,13 @@ Plan → skip → fan out:
    one split (by source video, never by clip: all forgeries of a scene share a split).
 2. Jobs whose id is already in the manifest are dropped before any trial exists, so a rerun of a
    finished forge starts no Tuner at all (and ``forge_video`` itself skips complete videos too).
-3. The rest run as a grid of trials (``tune.grid_search`` over job dicts; no search algorithm)
-   with declared resources (fractional GPUs pack several videos on one GPU), a concurrency cap
-   and retries. The experiment folder name is a hash of the whole plan, so rerunning the same
-   command after an interruption finds it and ``Tuner.restore`` continues it.
+3. The rest run as a grid of trials (``tune.grid_search`` over lists of job dicts; no search
+   algorithm) with declared resources (fractional GPUs pack several videos on one GPU), a
+   concurrency cap and retries. A trial forges one video, or for large forges a shard of them
+   (``shard_size``): Tune's bookkeeping per trial, not the videos, would otherwise bound a
+   10,000-video forge (``vilocal bench --only scale`` measures both). Trials reuse their actors
+   (no process start per trial). The experiment folder name is a hash of the whole plan, so
+   rerunning the same command after an interruption finds it and ``Tuner.restore`` continues it.
 
 Storage: ``out`` is a local folder or a storage URI (``s3://bucket/forged``). A trial stores its
 video's objects (``data.manifest.store_video``: from node-local scratch, marker last) and reports
@@ -26,7 +29,8 @@ attempt is listed in ``ForgeSummary.failed``; the same command again retries onl
 Trial folders are named ``<job id>_<trial id>``.
 
 MLflow: experiment ``vilocal-forge``, a parent run per forge (reopened on resume), a child run
-per trial written by the driver-side ``MLflowTrialLogger``; the parent logs the dataset as an
+per video: per trial by the driver-side ``MLflowTrialLogger``, per video of a shard by
+``VideoRunLogger`` (off the event loop; a resume backfills runs a killed driver still had queued); the parent logs the dataset as an
 MLflow dataset (``tracking.lineage``), and the runs that train on it or evaluate on it link back.
 Console: one bar over the videos (``TrialProgress``), Tune's trial tables only with ``--verbose``.
 """
@@ -63,7 +67,10 @@ from vilocal_dist.tracking.sweep_report import to_csv, to_markdown
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "vilocal-forge"
-RECORD_KEY = "manifest_record"  # a trial's result: its stored video's record, as JSON
+#: A trial's result: the videos it stored since its last report, as a JSON list of
+#: ``{"record": manifest record, "seconds": forging time}``.
+RECORD_KEY = "manifest_records"
+REPORT_EVERY_S = 10.0  # a shard reports at most this often: each report costs the driver ~0.3 s
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class ForgeOptions:
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0 = what the cluster's CPUs (and GPUs) allow
     retries: int = 2  # Tune restarts of a failed trial
+    videos_per_trial: int = 0  # videos one trial forges in turn; 0 = auto (see shard_size)
 
 
 @dataclass
@@ -90,6 +98,8 @@ class ForgeSummary:
     failed: list[str] = field(default_factory=list)  # job ids whose trial errored
     experiment_path: str | None = None
     complete: bool = True  # False when interrupted: rerunning the same command continues
+    videos_per_trial: int = 1
+    stats: dict[str, float] = field(default_factory=dict)  # driver-side costs (manifest, MLflow)
 
 
 def expand_sources(
@@ -153,52 +163,104 @@ def _plan_hash(out: str, jobs: Sequence[Mapping[str, Any]], opts: ForgeOptions) 
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def shard_size(pending: int, concurrency: int, requested: int = 0) -> int:
+    """Videos per trial: ``requested``, else one per trial for small forges, and for large ones
+    enough that each concurrent slot runs about 8 trials (at most 50 videos each). Tune costs the
+    driver about as much per trial as a tiny video takes, so 10,000 one-video trials would leave
+    the cluster waiting on the driver; 8 trials per slot keep the tail short when shards differ."""
+    if requested:
+        return requested
+    return max(1, min(50, pending // (8 * max(1, concurrency))))
+
+
 def forge_trial(config: dict[str, Any]) -> None:
-    """Tune trainable: forge one (video, method) job into the dataset (skips a complete one)."""
+    """Tune trainable: forge the trial's (video, method) jobs in turn into the dataset (a retried
+    trial skips the videos already complete). Stored videos are reported in batches, at the end
+    and at most every ``REPORT_EVERY_S``: a Tune report per tiny video would cost the driver
+    more than the video. A one-video trial reports that video's metrics as its own."""
     from vilocal_dist.engines.forge import forge_video
 
-    job, opts = config["job"], config["opts"]
+    opts, jobs = config["opts"], config["jobs"]
     limit_threads(max(1, int(opts["cpus_per_trial"])))
     size = (opts["size_h"], opts["size_w"]) if opts["size_h"] else None
-    start = time.perf_counter()
-    record = forge_video(
-        job["source"], job["method"], opts["out"], cfg=job["cfg"] or None, seed=opts["seed"],
-        split=job["split"], size=size, max_frames=opts["max_frames"] or None, publish_record=False,
-    )  # fmt: skip
-    metrics = numeric_metrics(record.get("metrics", {}))
-    tune.report({"seconds": time.perf_counter() - start, "frames": float(record.get("frames", 0)), **metrics,
-                 RECORD_KEY: json.dumps(record, sort_keys=True)})  # fmt: skip
+    batch: list[dict[str, Any]] = []
+    last_report = time.monotonic()
+    for index, job in enumerate(jobs):
+        start = time.perf_counter()
+        record = forge_video(
+            job["source"], job["method"], opts["out"], cfg=job["cfg"] or None, seed=opts["seed"],
+            split=job["split"], size=size, max_frames=opts["max_frames"] or None, publish_record=False,
+        )  # fmt: skip
+        batch.append({"record": record, "seconds": time.perf_counter() - start})
+        if index + 1 < len(jobs) and time.monotonic() - last_report < REPORT_EVERY_S:
+            continue
+        own = numeric_metrics(record.get("metrics", {})) if len(jobs) == 1 else {}
+        tune.report({"seconds": sum(b["seconds"] for b in batch), "videos": float(len(batch)),
+                     "frames": float(sum(b["record"].get("frames", 0) for b in batch)), **own,
+                     RECORD_KEY: json.dumps(batch, sort_keys=True)})  # fmt: skip
+        batch, last_report = [], time.monotonic()
+
+
+def reported_videos(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``{"record", "seconds"}`` items a trial result carries (none for other results)."""
+    return json.loads(result[RECORD_KEY]) if RECORD_KEY in result else []
+
+
+def reported_ids(result: Mapping[str, Any]) -> list[str]:
+    return [item["record"]["id"] for item in reported_videos(result)]
+
+
+#: Driver-side figures of the last forge in this process (the forge summary and benchmarks
+#: read them; a resumed Tuner brings pickled callbacks, so they cannot live on the callbacks).
+STATS: dict[str, Any] = {}
 
 
 class ManifestPublisher(tune.Callback):
-    """Driver side: appends each trial's record to the manifest as its result arrives.
+    """Driver side: appends the trials' records to the manifest as their results arrive.
 
-    A publish that fails (storage briefly down) is kept and retried at the next event; ``flush``
-    after the run retries what is left. Records are stored before they are reported, so a record
-    this driver never publishes is not lost: the next run's trial finds the stored video.
+    Records are published in batches at most every ``every_s`` seconds: each publish reads the
+    manifest, so one per video would make a 10,000-video forge quadratic. A publish that fails
+    (storage briefly down) is kept and retried at the next event; ``flush`` after the run
+    publishes what is left. Records are stored before they are reported, so a record this driver
+    never publishes is not lost: the next run's trial finds the stored video.
     """
 
-    def __init__(self, root: str) -> None:
-        self.root = root
+    def __init__(self, root: str, every_s: float = 2.0) -> None:
+        self.root, self.every_s = root, every_s
         self.pending: list[dict[str, Any]] = []
+        self._last = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last": 0.0}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if RECORD_KEY in result:
-            self.pending.append(json.loads(result[RECORD_KEY]))
-        self._try()
+        for item in reported_videos(result):
+            STATS.setdefault("first_result_s", time.perf_counter() - STATS.get("t0", 0.0))
+            self.pending.append(item["record"])
+            STATS.setdefault("seconds", {})[item["record"]["id"]] = float(item["seconds"])
+        if time.monotonic() - self._last >= self.every_s:
+            self._try()
 
     def _try(self) -> bool:
         from vilocal_dist.data.manifest import publish
 
         if not self.pending:
             return True
+        start = time.perf_counter()
+        self._last = time.monotonic()
         try:
             publish(self.root, self.pending)
         except OSError as exc:
             log.warning("forge: publishing %d record(s) to %s failed (%s); will retry", len(self.pending), self.root, exc)
             return False
+        STATS["publish_calls"] = STATS.get("publish_calls", 0) + 1
+        STATS["published"] = STATS.get("published", 0) + len(self.pending)
+        STATS["publish_s"] = STATS.get("publish_s", 0.0) + time.perf_counter() - start
         self.pending = []
         return True
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._try()  # what waits for the next batch (a failure here is retried by ``flush``)
 
     def flush(self, records: Sequence[dict[str, Any]] = (), within_s: float = 120.0) -> None:
         """Publish what is pending plus ``records``, retrying storage errors for ``within_s``."""
@@ -211,23 +273,33 @@ class ManifestPublisher(tune.Callback):
             time.sleep(2.0)
 
 
-def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    job = config["job"]
-    # cfg as one JSON param: its keys differ by method, and every trial should carry the same param keys.
+def _job_params(job: Mapping[str, Any]) -> dict[str, Any]:
+    # cfg as one JSON param: its keys differ by method, and every run should carry the same param keys.
     return {"video": job["video"], "method": job["method"], "split": job["split"], "source": job["source"],
             "cfg": json.dumps(job["cfg"], sort_keys=True)}
 
 
+def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    return _job_params(config["jobs"][0])
+
+
+def _trial_jobs(trial: Any) -> list[dict[str, Any]]:
+    return list(trial.config["jobs"])
+
+
 def _trial_name(trial: Any) -> str:
-    return trial.config["job"]["id"]
+    """The job id, or ``<first job id>+<n more>`` for a shard."""
+    jobs = trial.config["jobs"]
+    return jobs[0]["id"] + (f"+{len(jobs) - 1}" if len(jobs) > 1 else "")
 
 
 def _trial_dirname(trial: Any) -> str:
-    """``<job id>_<trial id>``: a trial's folder (and its worker's cwd) says which video it forges."""
-    return f"{trial.config['job']['id']}_{trial.trial_id}".replace("/", "_")
+    """``<job id>_<trial id>``: a trial's folder (and its worker's cwd) says which video(s) it forges."""
+    return f"{_trial_name(trial)}_{trial.trial_id}".replace("/", "_")
 
 
-def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks: list, path: str, resume: bool) -> tune.Tuner:
+def _tuner(shards: list[list[dict[str, Any]]], opts: ForgeOptions, concurrency: int, name: str, callbacks: list,
+           path: str, resume: bool) -> tune.Tuner:
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
     trainable = tune.with_resources(forge_trial, resources)
     if resume:
@@ -235,12 +307,14 @@ def _tuner(jobs: list[dict[str, Any]], opts: ForgeOptions, name: str, callbacks:
         # itself is the checkpoint: finished videos are skipped inside forge_video). The restored
         # experiment brings its own callbacks (the MLflow logger of the same parent run).
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    concurrency = default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
     return tune.Tuner(
         trainable,
-        param_space={"job": tune.grid_search(jobs), "opts": asdict(opts)},
+        param_space={"jobs": tune.grid_search(shards), "opts": asdict(opts)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=concurrency, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname
+            max_concurrent_trials=concurrency, trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname,
+            # A fresh actor per trial costs a process start and the torch import, seconds per
+            # video; the trials are stateless, so the next one runs in the same worker.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -256,7 +330,12 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
     """Run every job not yet in the manifest at ``opts.out`` (resuming an interrupted forge of the
     same plan). Ray is started (or joined at ``address``) only when there is work."""
     from vilocal_dist.data.manifest import ForgedDataset
+    from vilocal_dist.distributed.video_runs import STATS as RUN_STATS
+    from vilocal_dist.distributed.video_runs import VideoRunLogger
 
+    STATS.clear()
+    RUN_STATS.clear()
+    begin = STATS["t0"] = time.perf_counter()
     done = ForgedDataset(opts.out).completed_ids()
     pending = [j for j in jobs if j["id"] not in done]
     summary = ForgeSummary(planned=len(jobs), skipped=len(jobs) - len(pending), ran=0)
@@ -265,43 +344,69 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         return summary
     phase(f"forge: {len(pending)} forged videos to make ({summary.skipped} already complete) → {opts.out}")
     init_ray(address, num_cpus)
-    default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)  # impossible: fail before any record
+    # An impossible request fails here, before any record.
+    concurrency = default_concurrency(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
+    # From the whole plan, not what is left: a resumed forge restores the shards it started with.
+    per_trial = summary.videos_per_trial = shard_size(len(jobs), concurrency, opts.videos_per_trial)
+    shards = [pending[i : i + per_trial] for i in range(0, len(pending), per_trial)]
     name = f"forge-{_plan_hash(opts.out, jobs, opts)}"
     path = experiment_path(name)
     resume = can_resume(path)
     summary.experiment_path = path
-    params = {"out": opts.out, "jobs": len(jobs), "pending": len(pending), **asdict(opts)}
+    params = {"out": opts.out, "jobs": len(jobs), "pending": len(pending), **asdict(opts), "videos_per_trial": per_trial}
     with parent_run(EXPERIMENT, name, path=path, resume=resume, params=params, tags={"vilocal.kind": "forge"}) as run:
-        logger = MLflowTrialLogger(
-            experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name
-        )
+        if per_trial == 1:  # a run per trial, with its config and result as artifacts
+            logger: tune.Callback = MLflowTrialLogger(
+                experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name
+            )
+        else:  # a run per video of each shard, written off the driver's event loop
+            logger = VideoRunLogger(experiment=EXPERIMENT, parent_run_id=run.info.run_id, videos_of=reported_videos,
+                                    params_of=_job_params, jobs_of=_trial_jobs)  # fmt: skip
         publisher = ManifestPublisher(opts.out)
+        progress = TrialProgress(len(pending), "forge", unit="video", ids_of=reported_ids if per_trial > 1 else None)
+        STATS["setup_s"] = time.perf_counter() - begin
         try:
-            callbacks = [logger, SessionBudget(), TrialProgress(len(pending), "forge", unit="video"), publisher]
-            results = _tuner(pending, opts, name, callbacks, path, resume).fit()
+            callbacks = [logger, SessionBudget(), progress, publisher]
+            tuner = _tuner(shards, opts, concurrency, name, callbacks, path, resume)
+            STATS["restore_s" if resume else "tuner_s"] = time.perf_counter() - begin - STATS["setup_s"]
+            results = tuner.fit()
         finally:
             close_open_children(run.info.run_id, EXPERIMENT)
+        STATS["fit_s"] = time.perf_counter() - begin - STATS["setup_s"]
         # Every finished trial's record once more (the restored experiment of a resumed forge
         # brings its own publisher): publishing is idempotent.
-        publisher.flush([json.loads(r.metrics[RECORD_KEY]) for r in results if RECORD_KEY in (r.metrics or {})])
-        rows = []
-        for result in results:
-            job = (result.config or {}).get("job", {})
-            status = "ERROR" if result.error else "TERMINATED"
-            if result.error:
-                summary.failed.append(job.get("id", "?"))
-            metrics = numeric_metrics(result.metrics or {})
-            rows.append({"id": job.get("id"), "video": job.get("video"), "method": job.get("method"),
-                         "split": job.get("split"), "status": status, "seconds": metrics.get("seconds")})  # fmt: skip
+        publisher.flush([item["record"] for r in results for item in reported_videos(r.metrics or {})])
+        listed = ForgedDataset(opts.out).records()
+        if isinstance(logger, VideoRunLogger):
+            logger.backfill(listed, {j["id"]: j for j in jobs})
+        rows = _result_rows(results, {r["id"] for r in listed}, per_trial)
+        summary.failed = [row["id"] for row in rows if row["status"] == "ERROR"]
         summary.ran = len(rows)
-        summary.complete = is_complete(results, 0 if resume else len(pending))
+        summary.complete = is_complete(results, 0 if resume else len(shards))
         import mlflow
 
         columns = ["id", "video", "method", "split", "status", "seconds"]
         mlflow.log_text(to_csv(rows, columns), "results.csv")
         mlflow.log_text(to_markdown(rows, columns), "results.md")
-        log_json(asdict(summary), "forge_summary.json")
+        summary.stats = {**{k: v for k, v in STATS.items() if k not in ("seconds", "t0")}, **{f"mlflow_{k}": v for k, v in RUN_STATS.items()},
+                         "trials": len(results), "summary_s": 0.0}  # fmt: skip
+        log_json({k: v for k, v in asdict(summary).items() if k != "stats"} | {"stats": summary.stats}, "forge_summary.json")
         mlflow.log_metrics({"forge/planned": summary.planned, "forge/skipped": summary.skipped,
                             "forge/failed": len(summary.failed)})  # fmt: skip
         log_dataset_output(run.info.run_id, opts.out)  # train and evaluate runs link back to this run
+        summary.stats["summary_s"] = round(time.perf_counter() - begin - STATS["setup_s"] - STATS["fit_s"], 3)
     return summary
+
+
+def _result_rows(results: Any, completed: set[str], per_trial: int) -> list[dict[str, Any]]:
+    """One row per job of the run's trials: TERMINATED when its video is in the manifest, ERROR
+    when its trial failed every attempt before storing it, NOT_RUN when the run was interrupted."""
+    seconds = STATS.get("seconds", {})
+    rows = []
+    for result in results:
+        own = numeric_metrics(result.metrics or {}).get("seconds") if per_trial == 1 else None
+        for job in (result.config or {}).get("jobs", []):
+            status = "TERMINATED" if job["id"] in completed else "ERROR" if result.error else "NOT_RUN"
+            rows.append({"id": job["id"], "video": job["video"], "method": job["method"], "split": job["split"],
+                         "status": status, "seconds": own or seconds.get(job["id"])})  # fmt: skip
+    return rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 from ray import tune
@@ -20,29 +20,43 @@ from vilocal_dist.console import bar
 
 
 class TrialProgress(tune.Callback):
-    """One bar over the trials of a Tuner (``total`` = trials planned; finished and failed count)."""
+    """One bar over the trials of a Tuner (``total`` = trials planned; finished and failed count).
 
-    def __init__(self, total: int, desc: str, unit: str = "trial") -> None:
-        self.total, self.desc, self.unit = total, desc, unit
+    With ``ids_of(result) -> ids`` the bar counts the items results name instead (a trial that
+    forges a shard of videos reports them in batches); an id seen before (a retried shard
+    reporting its finished videos again) counts once.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "trial",
+                 ids_of: Callable[[dict], list[str]] | None = None) -> None:
+        self.total, self.desc, self.unit, self.ids_of = total, desc, unit, ids_of
         self._bar: Any = None
         self._failed = 0
+        self._counted: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_bar": None}
 
-    def _advance(self, trials: list, failed: bool) -> None:
+    def _advance(self, trials: list, failed: bool, n: int = 1) -> None:
         if self._bar is None:
             self._bar = bar(max(self.total, len(trials)), self.desc, self.unit)
         self._failed += failed
         if self._failed:
             self._bar.set_postfix_str(f"{self._failed} failed", refresh=False)
-        self._bar.update(1)
+        self._bar.update(n)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        new = set(self.ids_of(result)) - self._counted if self.ids_of else set()
+        if new:
+            self._counted |= new
+            self._advance(trials, failed=False, n=len(new))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._advance(trials, failed=False)
+        if not self.ids_of:
+            self._advance(trials, failed=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._advance(trials, failed=True)
+        self._advance(trials, failed=True, n=0 if self.ids_of else 1)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._bar is not None:

@@ -67,9 +67,8 @@ def forge_video(
     dataset = ForgedDataset(out_root)
     name = source_name(source)
     vid = video_id(name, method)
-    for record in dataset.records():
-        if record["id"] == vid:
-            return record
+    # A forged video is listed only once stored, so its stored record alone says "complete"
+    # (reading the whole manifest here would make every video of a large forge cost O(N)).
     stored = stored_record(out_root, vid)
     if stored is not None:
         return publish(out_root, [stored])[0] if publish_record else stored
