@@ -293,6 +293,11 @@ def test_evaluate_checkpoint_on_test_split(forged, trained, tmp_path):
     assert set(out["by_method"]) == {"telea"}
     assert 0.0 <= out["pooled"]["f1"] <= 1.0
     assert out["baselines"]["all_zeros"]["pooled"]["f1"] == pytest.approx(out["empty_gt_frames"] / test_frames)
+    # Further thresholds from the same predictions: 0.5 repeats the main scores, a low one flags more pixels.
+    more = evaluate_checkpoint(path, forged, split="test", also_at=(0.05, 0.5), progress=False)["at_threshold"]
+    assert more["0.5"]["pooled"] == out["pooled"] and more["0.5"]["frames"] == test_frames
+    assert more["0.05"]["by_method"]["telea"]["frames"] == test_frames
+    assert more["0.05"]["pixel_pooled"]["iou"] != out["pixel_pooled"]["iou"]
     with pytest.raises(ConfigError, match="stage 1"):
         stage1 = {**s2.last_checkpoint, "stage": 1}
         evaluate_checkpoint(save_checkpoint(stage1, tmp_path / "s1"), forged, progress=False)
