@@ -119,7 +119,7 @@ def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfi
     return AblationConfig(setup, train_on, conditions, _thresholds(raw.get("thresholds"), setup.eval.threshold, source))
 
 
-def key(threshold: float) -> str:
+def _threshold_key(threshold: float) -> str:
     """How scores and columns name a threshold: ``0.3``, ``0.5``."""
     return f"{threshold:g}"
 
@@ -170,8 +170,8 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
              "batch_size": setup.eval.batch_size, "device": setup.eval.device} for m in models]
     scores = ray_map(score_checkpoint, jobs, cpus=setup.eval.cpus, gpus=setup.eval.gpus, desc="evaluate")
 
-    main = key(setup.eval.threshold)
-    extra = [f"{split}_f1@{key(t)}" for split in SPLITS for t in config.thresholds]
+    main = _threshold_key(setup.eval.threshold)
+    extra = {f"{split}_f1@{t}": (split, t) for split in SPLITS for t in map(_threshold_key, config.thresholds)}
     rows: list[dict[str, Any]] = []
     for cond, model, score, stage1_from in zip(config.conditions, models, scores, shared):
         params = {"condition": cond.name, "label": cond.label, "stage": cond.stage, "train": dict(cond.train),
@@ -179,8 +179,7 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
                   "stage1_shared_with": stage1_from}
         group = []
         for row in method_rows(cond.name, setup.methods, config.train_on, score["test"][main]):
-            by_split = {f"{split}_f1@{key(t)}": _method_f1(score[split][key(t)], row["test_method"])
-                        for split in SPLITS for t in config.thresholds}
+            by_split = {column: _method_f1(score[split][t], row["test_method"]) for column, (split, t) in extra.items()}
             group.append({**row, "label": cond.label, **by_split})
         recorder.child(cond.name, params=params, metrics={**condition_metrics(group), **_threshold_metrics(group, extra)},
                        tags={"vilocal.train_runs": ",".join(model.run_ids)})
@@ -191,7 +190,7 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
     markdown = (format_table(rows, setup.methods, caption) + "\n"
                 + format_threshold_table(rows, config.thresholds))
     fig = figure(rows, setup.methods, title="Ablation (ViLocal Table V)", prefix="")
-    return Outcome(rows, COLUMNS + extra, markdown, figures={"plots/f1_by_method.png": fig})
+    return Outcome(rows, COLUMNS + list(extra), markdown, figures={"plots/f1_by_method.png": fig})
 
 
 def _method_f1(score: Mapping[str, Any], method: str) -> float | None:
@@ -204,11 +203,10 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _threshold_metrics(group: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, float]:
+def _threshold_metrics(group: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]]) -> dict[str, float]:
     """Child-run metrics ``<split>/<seen|unseen>/f1_at_<t>``: the mean over the methods of each kind."""
     out = {}
-    for column in columns:
-        split, threshold = column.split("_f1@")
+    for column, (split, threshold) in columns.items():
         for kind, flag in (("seen", True), ("unseen", False)):
             value = _mean([r[column] for r in group if r["seen"] is flag])
             if value is not None:
@@ -231,7 +229,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], capt
 def format_threshold_table(rows: Sequence[Mapping[str, Any]], thresholds: Sequence[float]) -> str:
     """One line per condition: F1 at each threshold (``a/b/c``), mean over the seen and over the
     unseen methods, on the test and on the train split."""
-    ts = "/".join(key(t) for t in thresholds)
+    ts = "/".join(_threshold_key(t) for t in thresholds)
     kinds = [(split, kind, flag) for split in SPLITS for kind, flag in (("seen", True), ("unseen", False))]
     lines = ["| variant | " + " | ".join(f"{split}, {kind}" for split, kind, _ in kinds) + " |",
              "|---|" + "---:|" * len(kinds)]
@@ -240,7 +238,7 @@ def format_threshold_table(rows: Sequence[Mapping[str, Any]], thresholds: Sequen
         cells = []
         for split, _, flag in kinds:
             chosen = [r for r in group if r["seen"] is flag]
-            values = [_mean([r[f"{split}_f1@{key(t)}"] for r in chosen]) for t in thresholds]
+            values = [_mean([r[f"{split}_f1@{_threshold_key(t)}"] for r in chosen]) for t in thresholds]
             cells.append("/".join("–" if v is None else f"{v:.2f}" for v in values))
         lines.append(f"| {group[0]['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (f"\n\nF1 (mean of per-frame scores) at thresholds {ts}, averaged over the seen (*) "
