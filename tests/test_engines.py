@@ -10,7 +10,7 @@ from vilocal_dist.data.composed import compose_video
 from vilocal_dist.data.manifest import ForgedDataset
 from vilocal_dist.engines.checkpoint import build_model, load_checkpoint, save_checkpoint
 from vilocal_dist.config import parse_sets as parse_overrides
-from vilocal_dist.engines.config import TrainConfig, load_config
+from vilocal_dist.engines.config import TrainConfig, check_stage, load_config
 from vilocal_dist.engines.datasets import clip_dataset, split_train_val, training_datasets
 from vilocal_dist.engines.evaluate import evaluate_checkpoint
 from vilocal_dist.engines.forge import forge_local
@@ -65,6 +65,25 @@ def test_config_yaml_then_overrides(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["tau"])
+
+
+def test_stage2_encoder_modes_and_shared_stage1_are_config_fields():
+    assert TrainConfig().stage2_encoder_optim() is None  # the paper: frozen
+    tuned = TrainConfig(stage2_encoder_lr_factor=0.1).stage2_encoder_optim()
+    assert (tuned.lr, tuned.min_lr, tuned.epochs) == (pytest.approx(1e-5), pytest.approx(1e-7), 5)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="stage2_encoder_lr_factor must be in"):
+            TrainConfig(stage2_encoder_lr_factor=bad)
+    with pytest.raises(ConfigError, match="joint training already trains the encoder"):
+        check_stage("joint", TrainConfig(stage2_encoder_lr_factor=0.1))
+    check_stage("random", TrainConfig(stage2_encoder_lr_factor=0.1))
+    with pytest.raises(ConfigError, match="stage must be one of 1, 2, both, joint, random"):
+        check_stage("3", TrainConfig())
+    # Fine-tuning, α or the stage-2 lr change nothing in stage 1; τ and the cell labels do.
+    base = TrainConfig().stage1_identity()
+    assert TrainConfig(stage2_encoder_lr_factor=0.1, alpha=0.75, stage2_lr=1e-3).stage1_identity() == base
+    assert TrainConfig(tau=0.2).stage1_identity() != base
+    assert TrainConfig(contrastive_labels="ignore_mixed").stage1_identity() != base
 
 
 def test_cosine_schedule_endpoints():
@@ -178,6 +197,17 @@ def test_stage1_lowers_contrastive_loss(trained):
     assert [h["epoch"] for h in s1.history] == [0, 1]
 
 
+def test_stage1_reports_positive_and_negative_similarity(trained):
+    _, _, before, s1, _ = trained
+    for epoch in s1.history:
+        for key in ("train/pos_sim", "train/neg_sim", "val/pos_sim", "val/neg_sim"):
+            assert -1.0 <= epoch[key] <= 1.0
+    # What the loss optimises: anchors move closer to each other than to the negatives.
+    last = s1.history[-1]
+    assert last["val/pos_sim"] - last["val/neg_sim"] > before["val/pos_sim"] - before["val/neg_sim"]
+    assert last["train/pos_sim"] > last["train/neg_sim"]
+
+
 def test_stage2_lowers_focal_loss_and_keeps_encoder_frozen(trained):
     _, _, _, s1, s2 = trained
     first, last = s2.history[0], s2.history[-1]
@@ -205,6 +235,21 @@ def test_joint_mode_trains_encoder_and_decoder_with_focal_loss_only(forged):
     # Each group decays from its own base lr: encoder from stage1_lr, decoder from stage2_lr.
     groups = {g["base_lr"]: g["lr"] for g in result.last_checkpoint["optim_state"]["param_groups"]}
     assert set(groups) == {cfg.stage1_lr, cfg.stage2_lr} and all(lr < base for base, lr in groups.items())
+
+
+def test_stage2_fine_tunes_the_encoder_at_the_factor_of_the_decoder_lr(forged):
+    """``stage2_encoder_lr_factor`` > 0: both parts move, for stage2_epochs, the encoder at factor × lr."""
+    cfg = TrainConfig(**{**TINY, "stage2_epochs": 1, "stage2_encoder_lr_factor": 0.1})
+    train_ds = clip_dataset(forged, ForgedDataset(forged).records(split="train"), cfg, train=True)
+    model = _fresh_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_stage2(cfg, train_ds, train_ds, model=model, runtime=Runtime(progress=False))
+    assert len(result.history) == 1
+    after = result.last_checkpoint["model_state"]
+    moved = {k.split(".")[0] for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+    assert moved == {"encoder", "decoder"}
+    groups = sorted(g["base_lr"] for g in result.last_checkpoint["optim_state"]["param_groups"])
+    assert groups == [pytest.approx(0.1 * cfg.stage2_lr), cfg.stage2_lr]
 
 
 def test_use_hp3d_false_builds_an_rgb_encoder_that_checkpoints_round_trip(forged, tmp_path):
@@ -248,6 +293,11 @@ def test_evaluate_checkpoint_on_test_split(forged, trained, tmp_path):
     assert set(out["by_method"]) == {"telea"}
     assert 0.0 <= out["pooled"]["f1"] <= 1.0
     assert out["baselines"]["all_zeros"]["pooled"]["f1"] == pytest.approx(out["empty_gt_frames"] / test_frames)
+    # Further thresholds from the same predictions: 0.5 repeats the main scores, a low one flags more pixels.
+    more = evaluate_checkpoint(path, forged, split="test", also_at=(0.05, 0.5), progress=False)["at_threshold"]
+    assert more["0.5"]["pooled"] == out["pooled"] and more["0.5"]["frames"] == test_frames
+    assert more["0.05"]["by_method"]["telea"]["frames"] == test_frames
+    assert more["0.05"]["pixel_pooled"]["iou"] != out["pixel_pooled"]["iou"]
     with pytest.raises(ConfigError, match="stage 1"):
         stage1 = {**s2.last_checkpoint, "stage": 1}
         evaluate_checkpoint(save_checkpoint(stage1, tmp_path / "s1"), forged, progress=False)

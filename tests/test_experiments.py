@@ -69,9 +69,17 @@ def test_merge_and_dotted_overrides():
 def test_ablation_conditions_are_checked_when_read():
     spec, _ = resolve_config("ablation", tiny=True)
     assert [(c.name, c.stage, dict(c.train)) for c in spec.conditions] == [
-        ("no_hp3d", "both", {"use_hp3d": False}), ("no_contrastive", "joint", {}), ("full", "both", {})]
-    with pytest.raises(ConfigError, match=r"conditions\[0\]\.stage must be one of both, joint, got 'nope'"):
+        ("no_hp3d", "both", {"use_hp3d": False}), ("no_contrastive", "joint", {}), ("random_frozen", "random", {}),
+        ("full", "both", {}), ("finetune", "both", {"stage2_encoder_lr_factor": 0.1})]
+    assert spec.thresholds == (0.3, 0.5, 0.7)
+    assert resolve_config("ablation", tiny=True, overrides={"thresholds": [0.9], "eval.threshold": 0.4})[0].thresholds == (0.4, 0.9)
+    with pytest.raises(ConfigError, match=r"thresholds must be a non-empty list of numbers in \(0, 1\), got \[1\.5\]"):
+        resolve_config("ablation", tiny=True, overrides={"thresholds": [1.5]})
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.stage must be one of both, joint, random, got 'nope'"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "stage": "nope"}]})
+    with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: stage2_encoder_lr_factor fine-tunes"):
+        resolve_config("ablation", tiny=True, overrides={
+            "conditions": [{"name": "x", "stage": "joint", "train": {"stage2_encoder_lr_factor": 0.1}}]})
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: made_up: unknown training config key"):
         resolve_config("ablation", tiny=True, overrides={"conditions": [{"name": "x", "train": {"made_up": 1}}]})
     with pytest.raises(ConfigError, match=r"conditions\[0\]\.train: tau must be > 0"):
@@ -150,6 +158,21 @@ def test_ablation_table_one_line_per_condition():
     assert lines[2] == "| ViLocal | 0.25/0.50 | 0.25/0.50 | 0.25/0.50 |"
     assert lines[3] == "| w/o X | 0.12/– | 0.12/– | 0.12/– |"
     assert lines[-1] == "cap"
+
+
+def test_ablation_threshold_table_means_seen_and_unseen_per_split():
+    def row(condition, method, seen, f1):  # F1 at 0.3/0.5 on test = f1, f1 + 0.1; on train twice that
+        return {**_row(condition, method, seen, 0.0, f1), "label": condition.upper(), "test_f1@0.3": f1,
+                "test_f1@0.5": f1 + 0.1, "train_f1@0.3": 2 * f1, "train_f1@0.5": 2 * f1 + 0.2}
+
+    rows = [row("full", "a", True, 0.1), row("full", "b", True, 0.3), row("full", "c", False, 0.05)]
+    rows += [{**row("no_x", "a", True, 0.1), "test_f1@0.5": None}, row("no_x", "b", True, 0.1),
+             {**row("no_x", "c", False, 0.1), "test_f1@0.3": None, "test_f1@0.5": None}]
+    lines = ablation.format_threshold_table(rows, [0.3, 0.5]).splitlines()
+    assert lines[0] == "| variant | test, seen | test, unseen | train, seen | train, unseen |"
+    assert lines[2] == "| FULL | 0.20/0.30 | 0.05/0.15 | 0.40/0.60 | 0.10/0.30 |"
+    assert lines[3] == "| NO_X | 0.10/0.20 | –/– | 0.20/0.40 | 0.20/0.40 |"
+    assert "thresholds 0.3/0.5" in lines[-1]
 
 
 def test_compression_tables_pivot_codecs_and_double_compression():
@@ -256,15 +279,47 @@ def test_compression_tiny(exp_home):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ablation_tiny(exp_home):
+    """Every variant end to end; the controls really are what they claim: the random encoder is its
+    initialisation, untouched, and the fine-tuned one started from full's stage-1 encoder and moved."""
+    import torch
+
+    from vilocal_dist.engines.checkpoint import load_checkpoint
+    from vilocal_dist.engines.loop import fresh_model
     from vilocal_dist.experiments import run_experiment
 
     spec, _ = resolve_config("ablation", tiny=True)
     result = run_experiment("ablation", tiny=True)
-    assert [r["condition"] for r in result.rows] == [c.name for c in spec.conditions for _ in range(3)]
-    for cond in spec.conditions:
-        group = [r for r in result.rows if r["condition"] == cond.name]
-        assert all(_in_unit(r["f1"]) and _in_unit(r["iou"]) for r in group)
-    _check_recorded(result, {"plots/f1_by_method.png"}, {c.name for c in spec.conditions})
+    names = [c.name for c in spec.conditions]
+    assert names == ["no_hp3d", "no_contrastive", "random_frozen", "full", "finetune"]
+    assert [r["condition"] for r in result.rows] == [n for n in names for _ in range(3)]
+    extra = [f"{split}_f1@{t}" for split in ("test", "train") for t in ("0.3", "0.5", "0.7")]
+    for row in result.rows:
+        assert _in_unit(row["f1"]) and _in_unit(row["iou"]) and all(_in_unit(row[c]) for c in extra)
+        assert row["test_f1@0.5"] == row["f1"]  # the main table is the test split at eval.threshold
+    assert (result.results_dir / "table.csv").read_text().splitlines()[0].endswith(",".join(extra))
+    assert "| variant | test, seen | test, unseen | train, seen | train, unseen |" in result.markdown
+    children = {c.info.run_name: c for c in _check_recorded(result, {"plots/f1_by_method.png"}, set(names))}
+    assert "train/unseen/f1_at_0.7" in children["full"].data.metrics
+    assert children["finetune"].data.params["stage1_shared_with"] == "full"
+    client, _ = _runs(result.experiment)
+    finetune_runs = children["finetune"].data.tags["vilocal.train_runs"].split(",")
+    assert len(finetune_runs) == 1  # stage 2 only, from full's stage-1 checkpoint
+    assert load_checkpoint(client.get_run(finetune_runs[0]).data.params["encoder"])["stage"] == 1
+
+    def encoder(name):
+        state = load_checkpoint(children[name].data.params["model"])["model_state"]
+        return {k: v for k, v in state.items() if k.startswith("encoder.")}
+
+    init = fresh_model(spec.setup.train).state_dict()
+    assert all(torch.equal(v, init[k]) for k, v in encoder("random_frozen").items())  # weights and BN statistics
+    full, finetune = encoder("full"), encoder("finetune")
+    assert any(not torch.equal(v, init[k]) for k, v in full.items())  # stage 1 trained it
+    assert any(v.is_floating_point() and not torch.equal(v, full[k]) for k, v in finetune.items())
+    # Stage 1 logs the similarities the contrastive loss computes, per epoch, to MLflow.
+    stage1 = client.get_run(children["no_hp3d"].data.tags["vilocal.train_runs"].split(",")[0])
+    assert stage1.data.tags["vilocal.stage"] == "1"
+    assert all(-1.0 <= stage1.data.metrics[k] <= 1.0 for k in ("train/pos_sim", "train/neg_sim", "val/pos_sim",
+                                                              "val/neg_sim"))
 
 
 @pytest.mark.slow

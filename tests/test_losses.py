@@ -15,6 +15,7 @@ from vilocal_dist.losses import (
     labels_at,
     pixel_contrastive_loss,
 )
+from vilocal_dist.losses.contrastive import IGNORED, LABEL_MODES
 
 # Four pixels of a 2×2 feature map (row-major), C = 2; the last one is inpainted.
 VECTORS = [[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, 0.5]]
@@ -59,17 +60,66 @@ def test_contrastive_hand_computed() -> None:
     assert out["n_valid"] == 1
 
 
-def test_contrastive_resizes_mask_nearest() -> None:
-    """A 4×4 mask on 2×2 features: PyTorch 'nearest' keeps rows/cols 0 and 2."""
-    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+def test_cell_labels_on_a_hand_built_mask() -> None:
+    """An 8×8 mask on a 2×2 grid of 4×4 cells. Cell (0, 0): one forged pixel, at the cell's centre
+    pixel (2, 2); cell (0, 1): one forged pixel, at its top-left corner (0, 4) (what PyTorch's
+    plain "nearest" would read); cell (1, 0): pristine; cell (1, 1): all forged."""
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[0, 2, 2] = True
-    assert labels_at(mask, (2, 2)).tolist() == [FORGED]
-    mask_off_grid = torch.zeros(1, 1, 4, 4)
-    mask_off_grid[0, 0, 3, 3] = 1.0
-    assert not labels_at(mask_off_grid, (2, 2)).any()
-    out = pixel_contrastive_loss(_features(VECTORS), mask, temperature=0.1)
-    expected = _expected(VECTORS[:3], VECTORS[3:], 0.1)[0]
-    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    mask[0, 0, 4] = True
+    mask[0, 4:, 4:] = True
+    assert labels_at(mask, (2, 2), "centre").tolist() == [[[1, 0], [0, 1]]]
+    assert labels_at(mask, (2, 2), "ignore_mixed").tolist() == [[[IGNORED, IGNORED], [0, 1]]]
+    # Cells of 4×3 pixels ([B, 1, H, W] float masks): the centre is row 2, column 1 of each cell.
+    wide = torch.zeros(1, 1, 4, 6)
+    wide[0, 0, 2, 1] = 1.0
+    wide[0, 0, :, 3:] = 1.0
+    assert labels_at(wide, (1, 2), "centre").tolist() == [[[1, 1]]]
+    assert labels_at(wide, (1, 2), "ignore_mixed").tolist() == [[[IGNORED, 1]]]
+    with pytest.raises(ValueError, match="centre, ignore_mixed"):
+        labels_at(mask, (2, 2), "nearest")
+
+
+@pytest.mark.parametrize("mode, anchors", [("centre", VECTORS[:3]), ("ignore_mixed", VECTORS[1:3])])
+def test_contrastive_loss_follows_the_cell_labels(mode: str, anchors: list[list[float]]) -> None:
+    """A 4×4 mask on 2×2 features: the first cell has one forged pixel off its centre (pristine for
+    "centre", left out by "ignore_mixed"), the last cell is all forged (the negative)."""
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    mask[0, 2:, 2:] = True
+    out = PixelContrastiveLoss(temperature=0.1, label_mode=mode)(_features(VECTORS), mask)
+    loss, pos, neg = _expected(anchors, VECTORS[3:], 0.1)
+    assert out["loss"].item() == pytest.approx(loss, rel=1e-5)
+    assert (out["pos_sim"].item(), out["neg_sim"].item()) == (pytest.approx(pos, rel=1e-5), pytest.approx(neg, rel=1e-5))
+
+
+def test_label_modes_are_those_the_training_config_accepts() -> None:
+    from vilocal_dist.engines.config import CONTRASTIVE_LABELS, TrainConfig
+
+    assert CONTRASTIVE_LABELS == LABEL_MODES
+    with pytest.raises(ConfigError, match="label mode must be one of centre, ignore_mixed"):
+        PixelContrastiveLoss(label_mode="nearest")
+    with pytest.raises(ConfigError, match="contrastive_labels must be one of centre, ignore_mixed, got 'corner'"):
+        TrainConfig(contrastive_labels="corner")
+
+
+def test_minimising_the_loss_pulls_anchors_together_and_pushes_negatives_away() -> None:
+    """Free embeddings (random, so anchors and negatives start mixed) trained on the loss alone:
+    the positive similarity ends well above the negative one."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 8, 4, 4, requires_grad=True)
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :, :2] = True
+    optimizer = torch.optim.SGD([feats], lr=0.5)
+    first = pixel_contrastive_loss(feats, masks, temperature=0.1)
+    for _ in range(20):
+        out = pixel_contrastive_loss(feats, masks, temperature=0.1)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    assert abs(first["pos_sim"].item() - first["neg_sim"].item()) < 0.5
+    assert out["pos_sim"].item() > out["neg_sim"].item() + 0.5
+    assert -1.0 <= out["neg_sim"].item() < out["pos_sim"].item() <= 1.0
 
 
 def test_contrastive_sampling_caps_anchors_and_is_reproducible() -> None:

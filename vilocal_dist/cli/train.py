@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", choices=STAGES, default="both",
-                   help="1, 2 (needs --encoder), both (stage 2 from stage 1's best checkpoint; default) or joint "
-                        "(no contrastive stage: encoder + decoder trained together with the focal loss only)")
+                   help="1, 2 (needs --encoder), both (stage 2 from stage 1's best checkpoint; default), joint "
+                        "(no contrastive stage: encoder + decoder trained together with the focal loss only) or "
+                        "random (stage 2 alone on a never-trained encoder: the control for stage 1). Stage 2 "
+                        "freezes the encoder unless --set stage2_encoder_lr_factor=F (0 < F <= 1) fine-tunes it")
     p.add_argument("--data", required=True, metavar="DIR|URI", help="forged dataset folder or storage URI (manifest.jsonl)")
     p.add_argument("--methods", default=None, help="train on these inpainting methods only (comma-separated)")
     p.add_argument("--preset", default=None, help="model preset: vilocal (paper), vilocal_small, vilocal_tiny")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from vilocal_dist.distributed.train import scaling, train
     from vilocal_dist.distributed.tuning import init_ray
     from vilocal_dist.config import parse_sets
-    from vilocal_dist.engines.config import load_config
+    from vilocal_dist.engines.config import check_stage, load_config
     from vilocal_dist.engines.datasets import training_datasets
     from vilocal_dist.tracking import tracking_uri, ui_command
 
@@ -76,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if args.stage == "joint" and args.encoder is not None:
-        raise ConfigError("--stage joint trains the encoder from scratch: drop --encoder")
+    if args.stage in ("joint", "random") and args.encoder is not None:
+        raise ConfigError(f"--stage {args.stage} starts from a fresh encoder: drop --encoder")
     overrides = {"model": args.preset} if args.preset else {}
     overrides.update(parse_sets(args.overrides))
     cfg = load_config(args.config, overrides)
+    check_stage(args.stage, cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run_name = args.run_name or time.strftime("train-%Y%m%d-%H%M%S")
 

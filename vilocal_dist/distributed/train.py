@@ -12,7 +12,8 @@ After ``fit`` the driver picks the best checkpoint (stage 1: lowest ``val/loss``
 contrastive loss; stage 2: highest ``val/f1``), logs it as the run's model artifact (without
 optimizer state) plus a few example panels (frame | truth | prediction), and returns it.
 ``train`` with ``stage="both"`` starts stage 2 from stage 1's best checkpoint; ``stage="joint"``
-trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation).
+trains encoder and decoder together with the focal loss only (the "w/o L_contra" ablation);
+``stage="random"`` runs stage 2 alone on a never-trained encoder (the control).
 ``train(register=True)`` (the train command, the demo) registers the final stage-2 model as
 ``vilocal-detector`` (``tracking.model_registry``);
 every stage run names its forged dataset as its ``training`` input (``tracking.lineage``). In the
@@ -48,7 +49,7 @@ from vilocal_dist import storage
 from vilocal_dist.device import force_cpu, pick_device
 from vilocal_dist.engines import stage1, stage2
 from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, save_checkpoint
-from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, STAGES, TrainConfig
+from vilocal_dist.engines.config import DEFAULT_MAX_FAILURES, TrainConfig, check_stage
 from vilocal_dist.engines.datasets import training_datasets
 from vilocal_dist.engines.loop import EpochEnd, Runtime, fresh_model
 from vilocal_dist.console import phase
@@ -128,7 +129,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         return
     if resume is not None:
         model = build_model(resume)
-    elif config["joint"]:
+    elif config["joint"] or config["random_encoder"]:
         model = fresh_model(cfg)
     else:
         with config["encoder"].as_directory() as folder:
@@ -208,6 +209,7 @@ def train_stage(
     group: str | None = None,
     callbacks: Sequence[Any] = (),
     joint: bool = False,
+    random_encoder: bool = False,
     max_failures: int = DEFAULT_MAX_FAILURES,
     tracking_retry_s: float | None = None,
     register: bool = False,
@@ -216,6 +218,7 @@ def train_stage(
 
     ``encoder`` (stage 2): the stage-1 checkpoint to start from (ray Checkpoint, folder or file).
     ``joint`` (stage 2 only): no encoder; a fresh model learns end to end with the focal loss.
+    ``random_encoder`` (stage 2 only): no encoder; stage 2 on a fresh model's never-trained encoder.
     ``use_gpu``: True/False or "auto" (GPUs when the cluster has or can start them), "yes", "no";
     ``gpus_per_worker``: GPUs each worker reserves when it uses GPUs (fractions share a GPU).
     ``callbacks``: ``ray.train.UserCallback``s (e.g. Tune's ``TuneReportCallback`` in a sweep).
@@ -233,10 +236,12 @@ def train_stage(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if max_failures < 0:
         raise ConfigError(f"max_failures must be >= 0, got {max_failures}")
-    if joint and (stage != 2 or encoder is not None):
-        raise ConfigError("joint training is a stage-2 run without an encoder checkpoint")
+    if joint and random_encoder:
+        raise ConfigError("joint and random_encoder exclude each other (joint trains its random encoder)")
+    if (joint or random_encoder) and (stage != 2 or encoder is not None):
+        raise ConfigError("joint or random-encoder training is a stage-2 run without an encoder checkpoint")
     data = storage.normalize(data)  # a folder or a storage URI; workers read a node-local cached copy
-    if stage == 2 and not joint:
+    if stage == 2 and not (joint or random_encoder):
         if encoder is None:
             raise ConfigError("stage 2 needs a stage-1 checkpoint (--encoder CKPT), or use --stage both")
         encoder = as_ray_checkpoint(encoder)
@@ -262,7 +267,8 @@ def train_stage(
         "methods": ",".join(methods) if methods else "all", "data.manifest_sha256": manifest_sha256(data),
         "data.train_videos": len(summary["train_videos"]), "data.val_videos": len(summary["val_videos"]),
         "data.train_clips": summary["train_clips"], "data.val_clips": summary["val_clips"],
-        "encoder": encoder.path if encoder is not None else "", "joint": joint, "max_failures": max_failures,
+        "encoder": encoder.path if encoder is not None else "", "joint": joint, "random_encoder": random_encoder,
+        "max_failures": max_failures,
         "selection": f"{metric} ({mode})",
     }
     tags = {RUN_NAME_TAG: run_name, "vilocal.stage": str(stage), "vilocal.group": group or run_name,
@@ -278,7 +284,7 @@ def train_stage(
         _record_input(run_id, data, uri)
     _log_json(runlog, {**params, "data_summary": summary}, "config.json")  # the resolved config, latest attempt
     epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs + (cfg.stage1_epochs if joint else 0)
-    label = "joint" if joint else f"stage {stage}"
+    label = "joint" if joint else "random encoder, stage 2" if random_encoder else f"stage {stage}"
     phase(f"{label}: {run_name}, {epochs} epochs on {workers} Ray Train worker(s), {summary['train_clips']} training "
           f"clips ({'resumed' if existing else 'new'} MLflow run {run_id})")
     init_ray()  # the bar's counter is an actor: a local Ray of our own if none is up (no-op otherwise)
@@ -290,6 +296,7 @@ def train_stage(
                 train_loop_config={
                     "stage": stage, "train_config": cfg.to_dict(), "data": str(data),
                     "methods": list(methods) if methods else None, "encoder": encoder, "joint": joint,
+                    "random_encoder": random_encoder,
                     "mlflow_run_id": run_id, "tracking_uri": uri, "mlflow_spool": str(runlog.path),
                 },
                 scaling_config=scaling_config,
@@ -461,20 +468,24 @@ def train(
     tracking_retry_s: float | None = None,
     register: bool = False,
 ) -> list[StageOutcome]:
-    """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint) or "joint" (one
-    focal-only run of encoder and decoder together, no contrastive stage).
+    """``stage`` "1", "2", "both" (stage 2 from stage 1's best checkpoint), "joint" (one
+    focal-only run of encoder and decoder together, no contrastive stage) or "random" (stage 2
+    alone on a never-trained encoder).
 
-    Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``);
+    Ray run names are ``<run_name>-stage1`` / ``<run_name>-stage2`` (``<run_name>-joint``,
+    ``<run_name>-random``);
     rerunning resumes them. ``tracking_retry_s``: see :func:`train_stage`. ``register``: the
     final stage-2 (or joint) model becomes the next version of ``vilocal-detector``.
     """
-    if stage not in STAGES:
-        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    check_stage(stage, cfg)
     common = dict(methods=methods, workers=workers, experiment=experiment, use_gpu=use_gpu,
                   gpus_per_worker=gpus_per_worker, group=run_name,
                   max_failures=max_failures, tracking_retry_s=tracking_retry_s)
     if stage == "joint":
         return [train_stage(2, cfg, data, run_name=f"{run_name}-joint", joint=True, register=register, **common)]
+    if stage == "random":
+        return [train_stage(2, cfg, data, run_name=f"{run_name}-random", random_encoder=True, register=register,
+                            **common)]
     outcomes = []
     if stage in ("1", "both"):
         outcomes.append(train_stage(1, cfg, data, run_name=f"{run_name}-stage1", **common))

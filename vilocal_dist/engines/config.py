@@ -7,6 +7,9 @@ dataclass so one YAML file, one ``--set tau=0.2`` and one Tune search space cove
 stage-specific fields carry a ``stage1_``/``stage2_`` prefix. The "joint" mode (no contrastive
 stage: encoder and decoder trained together with the focal loss) runs ``stage1_epochs +
 stage2_epochs`` epochs, the encoder on the stage-1 and the decoder on the stage-2 learning rates.
+The "random" mode is stage 2 alone on a never-trained encoder (the control that tells what stage 1
+adds). Stage 2 freezes the encoder unless ``stage2_encoder_lr_factor`` > 0: then the encoder
+fine-tunes too, at that factor times the stage-2 learning rates.
 
 Load order: defaults < YAML file < ``--set key=value`` overrides (the shared ``vilocal_dist.config``
 syntax). Unknown keys are a ConfigError that suggests the closest known key.
@@ -22,8 +25,15 @@ from typing import Any, Mapping
 from vilocal_dist.config import check_keys, from_mapping, load_yaml
 from vilocal_dist.errors import ConfigError
 
-#: Training modes of a run: one stage, both in turn, or "joint" (no contrastive stage).
-STAGES = ("1", "2", "both", "joint")
+#: Training modes of a run: one stage, both in turn, "joint" (no contrastive stage) or "random"
+#: (stage 2 on a freshly initialised, never-trained encoder).
+STAGES = ("1", "2", "both", "joint", "random")
+#: How stage 1 labels feature-grid cells: ``losses.contrastive.LABEL_MODES``, repeated here so that
+#: reading a config does not import torch (a test keeps the two equal).
+CONTRASTIVE_LABELS = ("centre", "ignore_mixed")
+
+#: Fields only stage 2 reads, besides the ``stage2_*`` ones.
+STAGE2_ONLY = ("alpha", "gamma", "threshold")
 #: Worker-group restarts from the latest checkpoint after a worker dies (Ray FailureConfig).
 DEFAULT_MAX_FAILURES = 2
 
@@ -61,11 +71,13 @@ class TrainConfig:
     stage1_weight_decay: float = 1e-4
     tau: float = 0.1
     contrast_samples: int = 3000  # max anchors / negatives sampled per frame
+    contrastive_labels: str = "centre"  # cell labels, CONTRASTIVE_LABELS; centre (the authors') measured as well
     # stage 2: frozen encoder + decoder + focal loss
     stage2_epochs: int = 5
     stage2_lr: float = 1e-4
     stage2_min_lr: float = 1e-6
     stage2_weight_decay: float = 1e-4
+    stage2_encoder_lr_factor: float = 0.0  # 0 = frozen encoder (the paper); > 0 = fine-tuned at factor × lr
     alpha: float = 0.5
     gamma: float = 2.0
     threshold: float = 0.5  # for val/f1 and val/iou
@@ -84,6 +96,10 @@ class TrainConfig:
             (self.max_train_clips >= 0 and self.max_val_clips >= 0, "max_*_clips must be >= 0"),
             (self.loader_workers >= 0, f"loader_workers must be >= 0, got {self.loader_workers}"),
             (self.contrast_samples >= 2, f"contrast_samples must be >= 2, got {self.contrast_samples}"),
+            (self.contrastive_labels in CONTRASTIVE_LABELS,
+             f"contrastive_labels must be one of {', '.join(CONTRASTIVE_LABELS)}, got {self.contrastive_labels!r}"),
+            (0.0 <= self.stage2_encoder_lr_factor <= 1.0,
+             f"stage2_encoder_lr_factor must be in [0, 1] (0 = frozen encoder), got {self.stage2_encoder_lr_factor}"),
         ]
         for stage in (1, 2):
             o = self.optim(stage)
@@ -109,6 +125,19 @@ class TrainConfig:
             weight_decay=getattr(self, p + "weight_decay"),
         )
 
+    def stage2_encoder_optim(self) -> OptimSpec | None:
+        """How stage 2 trains the encoder: None when frozen, else the stage-2 settings with the
+        learning rates scaled by ``stage2_encoder_lr_factor``."""
+        if self.stage2_encoder_lr_factor == 0.0:
+            return None
+        spec = self.optim(2)
+        return dataclasses.replace(spec, lr=spec.lr * self.stage2_encoder_lr_factor,
+                                   min_lr=spec.min_lr * self.stage2_encoder_lr_factor)
+
+    def stage1_identity(self) -> dict[str, Any]:
+        """The fields stage 1 reads: configs with equal identities train the very same encoder."""
+        return {k: v for k, v in self.to_dict().items() if not k.startswith("stage2_") and k not in STAGE2_ONLY}
+
     @property
     def size(self) -> tuple[int, int]:
         return (self.size_h, self.size_w)
@@ -123,6 +152,15 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def check_stage(stage: str, cfg: TrainConfig) -> None:
+    """A training mode and a config that go together (ConfigError otherwise)."""
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if stage == "joint" and cfg.stage2_encoder_lr_factor > 0:
+        raise ConfigError("stage2_encoder_lr_factor fine-tunes a stage-1 or random encoder in stage 2; joint training "
+                          "already trains the encoder (at stage1_lr): drop one of them")
 
 
 def load_config(

@@ -72,18 +72,24 @@ def load_detector(
 
 def evaluate_model(
     model: ViLocal, dataset: Dataset, *, threshold: float = 0.5, batch_size: int = 4,
-    device: torch.device | str = "cpu", progress: bool = True,
+    device: torch.device | str = "cpu", progress: bool = True, also_at: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Scores of ``model`` on every item of ``dataset`` (a ClipDataset or a Subset of one)."""
+    """Scores of ``model`` on every item of ``dataset`` (a ClipDataset or a Subset of one); the
+    scores at the thresholds ``also_at`` too, from the same predictions, under ``at_threshold``
+    (keyed ``f"{t:g}"``)."""
     device = torch.device(device)
     model = model.to(device)
-    evaluator = MaskEvaluator(threshold)
+    evaluators = {t: MaskEvaluator(t) for t in (threshold, *also_at)}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        probs = predict_probs(model, batch["clip"].to(device))
-        evaluator.update(probs.cpu(), batch["mask"], videos=batch["video"], methods=batch["method"],
-                         frames=batch["frame"])
-    return evaluator.compute()
+        probs = predict_probs(model, batch["clip"].to(device)).cpu()
+        for evaluator in evaluators.values():
+            evaluator.update(probs, batch["mask"], videos=batch["video"], methods=batch["method"],
+                             frames=batch["frame"])
+    scores = evaluators[threshold].compute()
+    if also_at:
+        scores["at_threshold"] = {f"{t:g}": evaluators[t].compute() for t in also_at}
+    return scores
 
 
 def cached(path: str | Path) -> str | Path:
@@ -107,9 +113,10 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     device: torch.device | str | None = None,
     progress: bool = True,
+    also_at: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Load a stage-2 checkpoint and score it on ``split`` of the forged dataset at ``data``; either
-    may be a storage URI (read through the node-local cache)."""
+    may be a storage URI (read through the node-local cache). ``also_at``: see `evaluate_model`."""
     device = pick_device(str(device or "auto"))
     ckpt, model, size = load_detector(cached(checkpoint), device, size)
     forged = ForgedDataset(data)
@@ -119,7 +126,7 @@ def evaluate_checkpoint(
     dataset = ClipDataset.from_manifest(forged.local_copy(records), split=split,
                                         methods=list(methods) if methods else None, size=size, compress_fraction=0.0)
     scores = evaluate_model(model, dataset, threshold=threshold, batch_size=batch_size,
-                            device=device, progress=progress)
+                            device=device, progress=progress, also_at=also_at)
     return {
         "model": model_reference(checkpoint),
         "model_name": ckpt["model_name"],

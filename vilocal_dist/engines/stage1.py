@@ -4,7 +4,10 @@ Readable top to bottom: build optimizer and loaders, (resume), then per epoch tr
 and hand the epoch to ``runtime.on_epoch_end`` (a Ray launcher reports and checkpoints there).
 Validation metric ``val/loss`` is the same contrastive loss on held-out videos, with the pixel
 sampling seeded identically every epoch so epochs are comparable; it selects the best stage-1
-checkpoint (lower is better).
+checkpoint (lower is better). Beside the losses, ``train/pos_sim`` / ``train/neg_sim`` (and the
+``val/`` pair) are the mean cosine similarities the loss computes, of anchors to the other
+anchors and of anchors to the negatives: the loss falls by pushing them apart, so they show
+whether pristine and inpainted pixels separate (or everything collapses together).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def train_stage1(
     model = (model if model is not None else fresh_model(cfg)).to(device)
     encoder = maybe_ddp(model.encoder, device)  # only the encoder learns in stage 1
     optimizer = cosine_adamw([(model.encoder.parameters(), spec)])
-    criterion = PixelContrastiveLoss(temperature=cfg.tau, max_samples=cfg.contrast_samples)
+    criterion = _criterion(cfg)
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
     val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
     steps_per_epoch = len(train_loader)
@@ -62,7 +65,7 @@ def train_stage1(
         encoder.train()
         # Pixel sampling differs per worker and epoch but is reproducible.
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch * 16 + rank)
-        sums = {"loss": 0.0, "valid": 0.0, "clips": 0.0}
+        sums = {"loss": 0.0, "pos_sim": 0.0, "neg_sim": 0.0, "valid": 0.0, "clips": 0.0}
         bar = tqdm(train_loader, desc=f"stage 1 epoch {epoch + 1}/{spec.epochs}", leave=False,
                    disable=not rt.progress or rank != 0)
         for i, batch in enumerate(bar):
@@ -76,15 +79,13 @@ def train_stage1(
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()  # zero with a grad_fn when no frame has both classes: DDP stays in step
             optimizer.step()
-            # The loss is a mean over frames holding both pristine and inpainted pixels (n_valid).
-            sums["loss"] += out["loss"].item() * out["n_valid"]
-            sums["valid"] += out["n_valid"]
+            _accumulate(sums, out)
             sums["clips"] += len(clip)
             bar.set_postfix(loss=f"{out['loss'].item():.4f}")
 
         train = reduce_sums(sums, device)
         samples_seen += int(train["clips"])
-        metrics = {"train/loss": train["loss"] / max(train["valid"], 1), **validate_stage1(model, val_loader, cfg, device),
+        metrics = {**_means(train, "train"), **validate_stage1(model, val_loader, cfg, device),
                    "epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
         if rt.on_epoch_end is not None:
@@ -92,20 +93,36 @@ def train_stage1(
     return StageResult(model, history, snapshot(epoch, metrics) if history else None)
 
 
+def _criterion(cfg: TrainConfig) -> PixelContrastiveLoss:
+    return PixelContrastiveLoss(temperature=cfg.tau, max_samples=cfg.contrast_samples,
+                                label_mode=cfg.contrastive_labels)
+
+
+def _accumulate(sums: dict[str, float], out: dict) -> None:
+    """Add one batch's loss and similarities, weighted by the frames that hold both pristine and
+    inpainted cells (``n_valid``): the loss output is a mean over exactly those."""
+    for key in ("loss", "pos_sim", "neg_sim"):
+        sums[key] += out[key].item() * out["n_valid"]
+    sums["valid"] += out["n_valid"]
+
+
+def _means(sums: dict[str, float], split: str) -> dict[str, float]:
+    """``split/loss``, ``split/pos_sim``, ``split/neg_sim`` from summed batches (0 with no valid frame)."""
+    return {f"{split}/{key}": sums[key] / max(sums["valid"], 1) for key in ("loss", "pos_sim", "neg_sim")}
+
+
 @torch.no_grad()
 def validate_stage1(model: ViLocal, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean contrastive loss over the validation frames that hold both classes (all workers)."""
+    """Mean contrastive loss and pos/neg similarities over the validation frames that hold both
+    classes (all workers)."""
     model.eval()
-    criterion = PixelContrastiveLoss(temperature=cfg.tau, max_samples=cfg.contrast_samples)
+    criterion = _criterion(cfg)
     rank, _ = world()
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (rank + 1))  # same pixels every epoch
-    sums = {"loss": 0.0, "valid": 0.0}
+    sums = {"loss": 0.0, "pos_sim": 0.0, "neg_sim": 0.0, "valid": 0.0}
     for batch in loader:
         clip, mask = batch["clip"].to(device), batch["mask"].to(device)
         with autocast_context(device):
             features = model.encoder(clip)
-        out = criterion(features, mask, generator=gen)
-        sums["loss"] += out["loss"].item() * out["n_valid"]
-        sums["valid"] += out["n_valid"]
-    val = reduce_sums(sums, device)
-    return {"val/loss": val["loss"] / max(val["valid"], 1)}
+        _accumulate(sums, criterion(features, mask, generator=gen))
+    return _means(reduce_sums(sums, device), "val")

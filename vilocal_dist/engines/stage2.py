@@ -4,6 +4,11 @@ Same shape as stage 1: optimizer and loaders, (resume), then per epoch train, va
 loss plus pixel F1 / IoU at ``cfg.threshold``, pooled over frames) and hand the epoch to
 ``runtime.on_epoch_end``. ``val/f1`` (higher is better) selects the best stage-2 checkpoint.
 
+The encoder stays frozen unless ``cfg.stage2_encoder_lr_factor`` > 0: then it fine-tunes with
+the decoder at that factor times the stage-2 learning rates (``TrainConfig.stage2_encoder_optim``).
+Whatever encoder the model holds is the starting point: stage 1's, or a never-trained one (the
+"random" training mode, the control that shows what stage 1 adds).
+
 ``joint=True`` is the paper's "w/o L_contra" ablation: no contrastive stage, the encoder is not
 frozen and learns together with the decoder from the focal loss alone, for ``stage1_epochs +
 stage2_epochs`` epochs (the same budget as both stages), the encoder at the stage-1 and the
@@ -33,20 +38,23 @@ def train_stage2(
     cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, *, model: ViLocal, runtime: Runtime | None = None,
     joint: bool = False,
 ) -> StageResult:
-    """Train ``model.decoder`` on top of ``model.encoder`` (frozen) for ``cfg.stage2_epochs``;
-    with ``joint`` train both with the focal loss for ``stage1_epochs + stage2_epochs``."""
+    """Train ``model.decoder`` on top of ``model.encoder`` (frozen, or fine-tuned when
+    ``cfg.stage2_encoder_lr_factor`` > 0) for ``cfg.stage2_epochs``; with ``joint`` train both with
+    the focal loss for ``stage1_epochs + stage2_epochs``."""
     rt = runtime or Runtime()
     device, (rank, _) = rt.device, world()
     spec = cfg.optim(STAGE)
     epochs = spec.epochs + (cfg.stage1_epochs if joint else 0)
+    encoder_spec = cfg.optim(1) if joint else cfg.stage2_encoder_optim()  # None: frozen
+    tuned = encoder_spec is not None
     model = model.to(device)
-    # Unless joint, frozen means frozen: no gradients, and eval mode so BatchNorm statistics and
-    # dropout stay exactly as stage 1 left them.
-    model.encoder.requires_grad_(joint)
-    net = maybe_ddp(model if joint else model.decoder, device)
+    # Frozen means frozen: no gradients, and eval mode so BatchNorm statistics and dropout stay
+    # exactly as the encoder came (from stage 1, or from its initialisation).
+    model.encoder.requires_grad_(tuned)
+    net = maybe_ddp(model if tuned else model.decoder, device)
     groups = [(model.decoder.parameters(), spec)]
-    if joint:  # the encoder learns at stage 1's rates
-        groups.append((model.encoder.parameters(), cfg.optim(1)))
+    if tuned:
+        groups.append((model.encoder.parameters(), encoder_spec))
     optimizer = cosine_adamw(groups)
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.loader_workers)
     val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.loader_workers)
@@ -67,7 +75,7 @@ def train_stage2(
     for epoch in range(start_epoch, epochs):
         set_epoch(train_loader, epoch, cfg.seed)
         net.train()
-        if not joint:
+        if not tuned:
             model.encoder.eval()
         loss_sum, count = 0.0, 0
         bar = tqdm(train_loader, desc=f"{'joint' if joint else 'stage 2'} epoch {epoch + 1}/{epochs}", leave=False,
@@ -75,7 +83,7 @@ def train_stage2(
         for i, batch in enumerate(bar):
             cosine_schedule(optimizer, epoch * steps_per_epoch + i, total_steps)
             clip, mask = batch["clip"].to(device), batch["mask"].to(device)
-            if joint:
+            if tuned:
                 with autocast_context(device):
                     logits = net(clip)["pred_mask"]
             else:

@@ -1,17 +1,28 @@
-"""ViLocal Table V: what HP3D and the contrastive stage contribute.
+"""ViLocal Table V and its controls: what HP3D, the contrastive stage and the fine-tuning contribute.
 
 Protocol: like the generalization protocol with one training set (``train_on``, the paper's VI
 and OP; the remaining forged methods are the unseen test methods, the paper's CP), one detector
-per condition, all scored on the same test split:
+per condition, all on the same data, model and epochs. The shipped conditions:
 
-* ``full`` — stage 1 (contrastive, encoder) then stage 2 (focal, frozen encoder, decoder);
-* ``no_hp3d`` — the same with raw RGB into the encoder instead of the HP3D noise residual
+* ``no_hp3d`` — the two stages with raw RGB into the encoder instead of the HP3D noise residual
   (training config ``use_hp3d: false``);
 * ``no_contrastive`` — no stage 1: encoder and decoder trained together with the focal loss only
-  (``stage: joint``, the same number of epochs as both stages together).
+  (``stage: joint``, the same number of epochs as both stages together);
+* ``random_frozen`` — the control: a never-trained encoder, frozen, under a decoder trained for the
+  stage-2 epochs (``stage: random``); what ``full`` gains over it is what stage 1 taught the encoder;
+* ``full`` — stage 1 (contrastive, encoder) then stage 2 (focal, frozen encoder, decoder);
+* ``finetune`` — stage 1, then a stage 2 that fine-tunes the encoder too, at a tenth of the
+  decoder's learning rate (``stage2_encoder_lr_factor: 0.1``).
 
 A condition is any ``train`` override of ``TrainConfig`` plus a training ``stage`` of
-``distributed.train`` ("both" or "joint"); both are checked when the YAML is read.
+``distributed.train`` ("both", "joint" or "random"); both are checked when the YAML is read.
+Conditions whose stage 1 would be identical (``TrainConfig.stage1_identity``: ``full`` and
+``finetune``) share it: the later one runs stage 2 only, from the earlier one's stage-1 encoder,
+so the comparison is paired and stage 1 is paid once.
+
+Every detector is scored at each of ``thresholds`` on the test split and on the train split (the
+scenes it trained on: the gap to the test split is what it memorised). The main table is the test
+split at ``eval.threshold``; a second one gives F1 at every threshold, seen and unseen methods.
 """
 
 from __future__ import annotations
@@ -20,25 +31,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from vilocal_dist.engines.config import check_stage
 from vilocal_dist.errors import ConfigError
 from vilocal_dist.experiments.common import (
     COMMON_KEYS,
     SETUP_KEYS,
     Setup,
+    TrainedModel,
     baseline_note,
     check_keys,
+    compact_scores,
+    config_hash,
     forge_dataset,
     method_list,
     pair,
     parse_setup,
+    ray_map,
     train_model,
 )
-from vilocal_dist.experiments.generalization import condition_metrics, figure, method_rows, score_models
+from vilocal_dist.experiments.generalization import condition_metrics, figure, method_rows
 
 COLUMNS = ["condition", "label", "test_method", "seen", "iou", "f1", "frames", "videos"]
 CONDITION_KEYS = ("name", "label", "train", "stage")
 #: Training modes that end in a full detector (a stage-2 checkpoint).
-DETECTOR_STAGES = ("both", "joint")
+DETECTOR_STAGES = ("both", "joint", "random")
+#: Every detector is scored on both splits: test (unseen scenes) and train (the scenes it learned).
+SPLITS = ("test", "train")
+DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,7 @@ class Condition:
     name: str
     label: str  # the row title, e.g. "Ours w/o HP3D"
     train: Mapping[str, Any]  # TrainConfig overrides
-    stage: str  # "both" (contrastive stage, then focal stage) or "joint" (focal only, end to end)
+    stage: str  # "both" (contrastive, then focal), "joint" (focal only, end to end), "random" (stage 2 only)
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,7 @@ class AblationConfig:
     setup: Setup
     train_on: tuple[str, ...]
     conditions: tuple[Condition, ...]
+    thresholds: tuple[float, ...]  # scored at each; the main table at setup.eval.threshold
 
 
 def _condition(d: Any, index: int, setup: Setup, source: str | Path | None) -> Condition:
@@ -68,15 +88,25 @@ def _condition(d: Any, index: int, setup: Setup, source: str | Path | None) -> C
     if stage not in DETECTOR_STAGES:
         raise ConfigError(f"conditions[{index}].stage must be one of {', '.join(DETECTOR_STAGES)}, got {stage!r}",
                           source)
-    try:  # the overrides must make a legal training config
-        setup.train.replace(**train)
+    try:  # the overrides must make a legal training config, and one that fits the stage
+        check_stage(stage, setup.train.replace(**train))
     except ConfigError as exc:
         raise ConfigError(f"conditions[{index}].train: {exc.problem}", source) from None
     return Condition(name, str(d.get("label", name)), dict(train), stage)
 
 
+def _thresholds(value: Any, main: float, source: str | Path | None) -> tuple[float, ...]:
+    """The scoring thresholds, sorted, with the main one (``eval.threshold``) among them."""
+    if value is None:
+        value = list(DEFAULT_THRESHOLDS)
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0 for t in value)):
+        raise ConfigError(f"thresholds must be a non-empty list of numbers in (0, 1), got {value!r}", source)
+    return tuple(sorted({float(t) for t in value} | {main}))
+
+
 def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfig:
-    check_keys(raw, COMMON_KEYS + SETUP_KEYS + ("train_on", "conditions"), "", source)
+    check_keys(raw, COMMON_KEYS + SETUP_KEYS + ("train_on", "conditions", "thresholds"), "", source)
     setup = parse_setup(raw, source)
     train_on = method_list(raw.get("train_on") or list(setup.methods[:2]), "train_on", source, known=setup.methods)
     items = raw.get("conditions")
@@ -86,7 +116,48 @@ def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfi
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ConfigError(f"condition names must differ, got {names}", source)
-    return AblationConfig(setup, train_on, conditions)
+    return AblationConfig(setup, train_on, conditions, _thresholds(raw.get("thresholds"), setup.eval.threshold, source))
+
+
+def _threshold_key(threshold: float) -> str:
+    """How scores and columns name a threshold: ``0.3``, ``0.5``."""
+    return f"{threshold:g}"
+
+
+def score_checkpoint(job: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ray task: ``{split: {threshold key: compact scores}}`` of one checkpoint on every split of
+    ``SPLITS`` (one pass of the model per split, every threshold from the same predictions)."""
+    from vilocal_dist.engines.evaluate import evaluate_checkpoint
+
+    out = {}
+    for split in SPLITS:
+        scores = evaluate_checkpoint(job["checkpoint"], job["data"], split=split, threshold=job["thresholds"][0],
+                                     also_at=job["thresholds"], batch_size=job["batch_size"], device=job["device"],
+                                     progress=False)
+        out[split] = {t: compact_scores(s) for t, s in scores["at_threshold"].items()}
+    return out
+
+
+def _train(config: AblationConfig, recorder: Any, data: Path, workdir: Path) -> tuple[list[TrainedModel], list[str]]:
+    """One detector per condition (cached ones reused), and for each the condition whose stage 1 it
+    shares ("" when it trained its own)."""
+    setup = config.setup
+    encoders: dict[str, tuple[str, Path]] = {}  # stage-1 identity -> (condition, its stage-1 checkpoint folder)
+    models, shared = [], []
+    for cond in config.conditions:
+        cfg = setup.train.replace(**cond.train)
+        identity = config_hash(cfg.stage1_identity())
+        source = encoders.get(identity) if cond.stage == "both" else None
+        model = train_model(cfg, data, config.train_on, workers=setup.workers, experiment=recorder.experiment,
+                            workdir=workdir, stage="2" if source else cond.stage,
+                            encoder=source[1] if source else None)
+        if cond.stage == "both" and source is None and model.encoder is not None:
+            encoders[identity] = (cond.name, model.encoder)
+        if not model.reused:
+            recorder.adopt(model.run_ids, cond.name)
+        models.append(model)
+        shared.append(source[0] if source else "")
+    return models, shared
 
 
 def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
@@ -94,30 +165,53 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
 
     setup = config.setup
     data = forge_dataset(setup.data, setup.methods, setup.method_cfgs, workdir)
-    models = []
-    for cond in config.conditions:
-        model = train_model(setup.train.replace(**cond.train), data, config.train_on, workers=setup.workers,
-                            experiment=recorder.experiment, workdir=workdir, stage=cond.stage)
-        if not model.reused:
-            recorder.adopt(model.run_ids, cond.name)
-        models.append(model)
-    names = [c.name for c in config.conditions]
-    scores = dict(zip(names, score_models(setup, data, models)))
+    models, shared = _train(config, recorder, data, workdir)
+    jobs = [{"checkpoint": str(m.checkpoint), "data": str(data), "thresholds": config.thresholds,
+             "batch_size": setup.eval.batch_size, "device": setup.eval.device} for m in models]
+    scores = ray_map(score_checkpoint, jobs, cpus=setup.eval.cpus, gpus=setup.eval.gpus, desc="evaluate")
 
+    main = _threshold_key(setup.eval.threshold)
+    extra = {f"{split}_f1@{t}": (split, t) for split in SPLITS for t in map(_threshold_key, config.thresholds)}
     rows: list[dict[str, Any]] = []
-    for cond, model in zip(config.conditions, models):
+    for cond, model, score, stage1_from in zip(config.conditions, models, scores, shared):
         params = {"condition": cond.name, "label": cond.label, "stage": cond.stage, "train": dict(cond.train),
-                  "train_on": "+".join(config.train_on), "model": str(model.checkpoint), "reused": model.reused}
-        group = [{**r, "label": cond.label}
-                 for r in method_rows(cond.name, setup.methods, config.train_on, scores[cond.name])]
-        recorder.child(cond.name, params=params, metrics=condition_metrics(group),
+                  "train_on": "+".join(config.train_on), "model": str(model.checkpoint), "reused": model.reused,
+                  "stage1_shared_with": stage1_from}
+        group = []
+        for row in method_rows(cond.name, setup.methods, config.train_on, score["test"][main]):
+            by_split = {column: _method_f1(score[split][t], row["test_method"]) for column, (split, t) in extra.items()}
+            group.append({**row, "label": cond.label, **by_split})
+        recorder.child(cond.name, params=params, metrics={**condition_metrics(group), **_threshold_metrics(group, extra)},
                        tags={"vilocal.train_runs": ",".join(model.run_ids)})
         rows += group
-    caption = (f"IoU/F1 pooled over every test frame; trained on {'+'.join(config.train_on)} (*), the other "
-               f"methods unseen. Model {setup.train.model} at {setup.train.size_h}x{setup.train.size_w}. "
-               + baseline_note(next(iter(scores.values()))))
+    caption = (f"IoU/F1 = mean of per-frame scores over every test frame at threshold {setup.eval.threshold:g}; "
+               f"trained on {'+'.join(config.train_on)} (*), the other methods unseen. Model {setup.train.model} at "
+               f"{setup.train.size_h}x{setup.train.size_w}. " + baseline_note(scores[0]["test"][main]))
+    markdown = (format_table(rows, setup.methods, caption) + "\n"
+                + format_threshold_table(rows, config.thresholds))
     fig = figure(rows, setup.methods, title="Ablation (ViLocal Table V)", prefix="")
-    return Outcome(rows, COLUMNS, format_table(rows, setup.methods, caption), figures={"plots/f1_by_method.png": fig})
+    return Outcome(rows, COLUMNS + list(extra), markdown, figures={"plots/f1_by_method.png": fig})
+
+
+def _method_f1(score: Mapping[str, Any], method: str) -> float | None:
+    s = score["by_method"].get(method)
+    return s["f1"] if s else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _threshold_metrics(group: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]]) -> dict[str, float]:
+    """Child-run metrics ``<split>/<seen|unseen>/f1_at_<t>``: the mean over the methods of each kind."""
+    out = {}
+    for column, (split, threshold) in columns.items():
+        for kind, flag in (("seen", True), ("unseen", False)):
+            value = _mean([r[column] for r in group if r["seen"] is flag])
+            if value is not None:
+                out[f"{split}/{kind}/f1_at_{threshold}"] = value
+    return out
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], caption: str = "") -> str:
@@ -130,3 +224,23 @@ def format_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], capt
         first = next(iter(group.values()))
         lines.append(f"| {first['label']} | " + " | ".join(pair(group[m]["iou"], group[m]["f1"]) for m in methods) + " |")
     return "\n".join(lines) + ("\n\n" + caption if caption else "") + "\n"
+
+
+def format_threshold_table(rows: Sequence[Mapping[str, Any]], thresholds: Sequence[float]) -> str:
+    """One line per condition: F1 at each threshold (``a/b/c``), mean over the seen and over the
+    unseen methods, on the test and on the train split."""
+    ts = "/".join(_threshold_key(t) for t in thresholds)
+    kinds = [(split, kind, flag) for split in SPLITS for kind, flag in (("seen", True), ("unseen", False))]
+    lines = ["| variant | " + " | ".join(f"{split}, {kind}" for split, kind, _ in kinds) + " |",
+             "|---|" + "---:|" * len(kinds)]
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        group = [r for r in rows if r["condition"] == condition]
+        cells = []
+        for split, _, flag in kinds:
+            chosen = [r for r in group if r["seen"] is flag]
+            values = [_mean([r[f"{split}_f1@{_threshold_key(t)}"] for r in chosen]) for t in thresholds]
+            cells.append("/".join("–" if v is None else f"{v:.2f}" for v in values))
+        lines.append(f"| {group[0]['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\nF1 (mean of per-frame scores) at thresholds {ts}, averaged over the seen (*) "
+                               "and over the unseen methods; train = the scenes the detectors trained on "
+                               "(validation videos included).\n")

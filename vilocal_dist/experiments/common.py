@@ -14,7 +14,8 @@ protocols that need the same forged dataset or the same trained detector share i
 after an interruption redoes only what is missing::
 
     WORKDIR/forged/<hash of data + methods>/   forged dataset (Tune fan-out, skips complete videos)
-    WORKDIR/models/<hash of train + data + methods>/model.pt, outcome.json
+    WORKDIR/models/<hash of train + data + methods>/model.pt, outcome.json (+ encoder/model.pt:
+                                                 the stage-1 checkpoint, when both stages ran)
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class TrainedModel:
     run_ids: tuple[str, ...]  # MLflow runs of its training stages
     best_metrics: Mapping[str, float]
     reused: bool  # found complete in the cache, nothing trained now
+    encoder: Path | None = None  # the folder of its stage-1 checkpoint when it trained both stages
 
 
 def architecture_fingerprint(model_name: str) -> str:
@@ -197,29 +199,39 @@ def architecture_fingerprint(model_name: str) -> str:
 
 def train_model(
     cfg: Any, data: Path, methods: Sequence[str], *, workers: int, experiment: str, workdir: Path,
-    stage: str = "both",
+    stage: str = "both", encoder: Path | None = None,
 ) -> TrainedModel:
     """Train ViLocal on Ray Train (``cfg``: a TrainConfig; ``stage`` as for
-    ``distributed.train.train``, default both stages) on the train split of ``methods``, or reuse
-    the cached model trained with the same config and stages on the same data.
+    ``distributed.train.train``, default both stages; ``encoder`` the stage-1 checkpoint folder of
+    stage "2") on the train split of ``methods``, or reuse the cached model trained with the same config
+    and stages (and encoder) on the same data.
 
     The Ray Train run name is the cache key, so an interrupted training resumes when rerun.
     """
     from vilocal_dist.distributed.train import train
-    from vilocal_dist.engines.checkpoint import load_checkpoint, save_checkpoint
+    from vilocal_dist.engines.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
     methods = tuple(sorted(methods))
     identity = {"train": cfg.to_dict(), "data": manifest_sha256(data), "methods": methods,
                 "architecture": architecture_fingerprint(cfg.model)}
-    key = config_hash(identity if stage == "both" else {**identity, "stage": stage})
+    if stage != "both":
+        identity["stage"] = stage
+    if encoder is not None:
+        identity["encoder"] = hashlib.sha256((Path(encoder) / CHECKPOINT_FILE).read_bytes()).hexdigest()
+    key = config_hash(identity)
     folder = workdir / "models" / key
     done = folder / "outcome.json"
+    stage1 = folder / "encoder"
     if done.is_file() and (folder / "model.pt").is_file():
         record = json.loads(done.read_text())
         log.info("model %s: reusing the detector trained on %s", key, "+".join(methods))
-        return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], True)
+        return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], True,
+                            stage1 if (stage1 / CHECKPOINT_FILE).is_file() else None)
     outcomes = train(stage, cfg, data, run_name=f"exp-{key}", methods=list(methods), workers=workers,
-                     experiment=experiment)
+                     experiment=experiment, encoder=encoder)
+    if stage == "both":  # keep the stage-1 encoder: a variant of stage 2 can start from it
+        with outcomes[0].ray_checkpoint.as_directory() as ckpt_dir:
+            save_checkpoint({**load_checkpoint(ckpt_dir), "optim_state": None}, stage1)
     final = outcomes[-1]
     with final.ray_checkpoint.as_directory() as ckpt_dir:
         ckpt = load_checkpoint(ckpt_dir)
@@ -230,7 +242,8 @@ def train_model(
         "best_metrics": dict(final.best_metrics),
     }
     write_text_atomic(done, json.dumps(record, indent=2, sort_keys=True))
-    return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], False)
+    return TrainedModel(key, folder / "model.pt", methods, tuple(record["run_ids"]), record["best_metrics"], False,
+                        stage1 if (stage1 / CHECKPOINT_FILE).is_file() else None)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -43,7 +43,7 @@ EXPERIMENTS: dict[str, ExperimentInfo] = {
     "compression": ExperimentInfo("compression", "compression",
                                   "ViLocal Fig. 4 / Table III: F1 and IoU after re-encoding and double compression"),
     "ablation": ExperimentInfo("ablation", "ablation",
-                               "ViLocal Table V: without HP3D, without the contrastive stage, full"),
+                               "ViLocal Table V + controls: w/o HP3D, w/o contrastive, random frozen, full, fine-tuned"),
     "inpaint-quality": ExperimentInfo("inpaint-quality", "inpaint_quality",
                                       "IIVI Table 1: PSNR / SSIM / temporal consistency with fixed and object masks"),
 }

@@ -11,7 +11,7 @@ from vilocal_dist.distributed.kinds.training import TRAIN_EXPERIMENT, TrainingKi
 from vilocal_dist.errors import ConfigError
 
 #: Stage-1 fields a focal sweep may not search: its encoder is trained once and shared.
-STAGE1_FIELDS = ("tau", "contrast_samples", "model", "size_h", "size_w", "compress_fraction", "crf")
+STAGE1_FIELDS = ("tau", "contrast_samples", "contrastive_labels", "model", "size_h", "size_w", "compress_fraction", "crf")
 
 
 @register_kind
