@@ -388,8 +388,8 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
         columns = ["id", "video", "method", "split", "status", "seconds"]
         mlflow.log_text(to_csv(rows, columns), "results.csv")
         mlflow.log_text(to_markdown(rows, columns), "results.md")
-        summary.stats = {**{k: v for k, v in STATS.items() if k not in ("seconds", "t0")}, **{f"mlflow_{k}": v for k, v in RUN_STATS.items()},
-                         "trials": len(results), "summary_s": 0.0}  # fmt: skip
+        summary.stats = {k: v for k, v in STATS.items() if k not in ("seconds", "t0")}
+        summary.stats.update({f"mlflow_{k}": v for k, v in RUN_STATS.items()}, trials=len(results), summary_s=0.0)
         log_json({k: v for k, v in asdict(summary).items() if k != "stats"} | {"stats": summary.stats}, "forge_summary.json")
         mlflow.log_metrics({"forge/planned": summary.planned, "forge/skipped": summary.skipped,
                             "forge/failed": len(summary.failed)})  # fmt: skip

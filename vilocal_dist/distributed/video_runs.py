@@ -58,6 +58,7 @@ class VideoRunLogger(tune.Callback):
     def _reset(self) -> None:
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        self._abandon = threading.Event()  # drain gave up: the thread stops retrying
         self._seen: set[str] = set()  # ids queued by this process (a retried shard reports them again)
         self._done: set[str] = set()  # ids with a FINISHED run in the store
         self._retries: dict[str, int] = {}  # trial id -> Tune restarts so far
@@ -135,7 +136,8 @@ class VideoRunLogger(tune.Callback):
             if self._stats["runs"] != written:  # a backlog still moving is not an outage
                 written, since = self._stats["runs"], time.monotonic()
         if self._thread.is_alive():
-            self._stats["undelivered"] = self._queue.qsize()
+            self._abandon.set()  # a later write could race the backfill of the next run
+            self._stats["undelivered"] = self._queue.qsize() + 1
             log.warning("MLflow: %d forged video(s) have no run in %s yet (the tracking server %s is away); their "
                         "videos are in the manifest, and rerunning the same command writes the runs",
                         self._stats["undelivered"], self.experiment, self.uri)
@@ -194,7 +196,8 @@ class VideoRunLogger(tune.Callback):
                     log.warning("MLflow tracking server %s is not answering (%s); the forge continues and the "
                                 "per-video runs wait in memory", self.uri, short_error(exc))
                 warned = True
-                time.sleep(2.0)
+                if self._abandon.wait(2.0):
+                    return
                 continue  # the same run again
             warned = False
             item = self._queue.get()
