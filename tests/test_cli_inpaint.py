@@ -140,3 +140,26 @@ def test_bad_input_exits_2_with_one_line(tiny_video, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_tiled_run_recorded_in_mlflow_with_its_seams(tmp_path: Path, mlflow_home) -> None:
+    """Frames larger than --tile go coarse to fine; --mlflow records the run with seams.png."""
+    import mlflow
+
+    from vilocal_dist.tracking.setup import tracking_uri
+
+    rng = np.random.default_rng(1)
+    frames = cv2.resize(rng.integers(0, 256, (20, 25, 3)).astype(np.uint8), (200, 160), interpolation=cv2.INTER_CUBIC)
+    frames = np.repeat(frames[None], 3, axis=0)
+    masks = np.zeros(frames.shape[:3], bool)
+    masks[:, 60:100, 70:140] = True  # across the tile seams
+    video, mask_dir = write_png_folder(tmp_path / "v", frames), write_png_folder(tmp_path / "m", masks)
+    out = tmp_path / "big"
+    assert main(["inpaint", str(video), "--mask", str(mask_dir), "--out", str(out), "--method", "telea", "--tile", "128",
+                 "--coarse", "64", "--preview", "none", "--quiet", "--mlflow"]) == 0
+    assert (out / "seams.png").stat().st_size > 0
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("vilocal-inpaint").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "telea" and run.data.params["tile"] == "128"
+    assert run.data.metrics["highres/tiles"] >= 2
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"result.json", "seams.png"}

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--preview", choices=("mp4", "mkv", "none"), default="mp4", help="preview video (mkv = lossless FFV1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--mlflow", action="store_true",
+                   help="also record the run in MLflow (experiment vilocal-inpaint): metrics, result.json, the "
+                        "propagation plot with per-frame IoU/confidence, seams.png and the preview")  # fmt: skip
     p.add_argument(
         "--auto-lambda", action="store_true",
         help="choose IIVI's λ_a/λ_s for this video: a small Ray Tune sweep scored by the self-validation "
@@ -272,9 +276,46 @@ def run(args: argparse.Namespace) -> int:
     record["metrics"]["memory/peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _write_json_atomic(out / "result.json", record)
     print(f"wrote {out} ({len(frames)} frames, {args.method}, {seconds:.1f} s)")
+    if args.mlflow:
+        _log_mlflow(out, record, args)
     if propagation is not None:
         _print_propagation(propagation)
     return 0
+
+
+def _log_mlflow(out: Path, record: dict[str, Any], args: argparse.Namespace) -> None:
+    """The run in MLflow: params, numeric metrics, per-frame propagation curves (step = frame) and
+    the files people look at. A tracking server that is away costs a warning, not the result."""
+    import mlflow
+
+    from vilocal_dist.tracking.runs import mlflow_run
+    from vilocal_dist.tracking.setup import ui_command
+    from vilocal_dist.tracking.spool import bounded_http, is_transient, short_error
+
+    params = {"method": args.method, "out": str(out), "video": record["input"].get("video"),
+              "mask_kind": record["input"].get("mask_kind"), "tile": args.tile, "coarse": args.coarse,
+              "dilate": args.dilate, "seed": args.seed, "config": record["config"]}  # fmt: skip
+    numeric = {k: float(v) for k, v in record["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:
+        with bounded_http(), mlflow_run("vilocal-inpaint", out.name, params=params, tags={"vilocal.kind": "inpaint"}):
+            mlflow.log_metrics(numeric)
+            propagation = record.get("propagation") or {}
+            if propagation.get("mean_iou") is not None:
+                mlflow.log_metric("propagation/mean_iou", float(propagation["mean_iou"]))
+            curves = {name: propagation.get(name) or [] for name in ("iou", "confidence")}
+            for frame in range(max(map(len, curves.values()))):
+                mlflow.log_metrics({f"propagation/{name}": float(values[frame]) for name, values in curves.items()
+                                    if frame < len(values) and values[frame] is not None}, step=frame)
+            for name in ("result.json", "propagation.png", "seams.png", record["outputs"].get("preview") or ""):
+                if name and (out / name).is_file():
+                    mlflow.log_artifact(str(out / name))
+    except Exception as exc:  # noqa: BLE001 - the inpainted video is written; tracking is extra
+        if not is_transient(exc):
+            raise
+        print(f"warning: MLflow is not answering ({short_error(exc)}); {out} is complete, the run was not recorded",
+              file=sys.stderr)
+        return
+    print(f"MLflow: {ui_command()}")
 
 
 def _check_one_mask_and_tile_flags(args: argparse.Namespace) -> None:
