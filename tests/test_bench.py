@@ -14,7 +14,8 @@ from vilocal_dist.bench import detect, suite
 
 
 def test_every_benchmark_has_a_runner_and_both_plans():
-    assert set(suite.PLANS) == set(suite.RUNNERS) == set(suite.BENCHMARKS)
+    assert set(suite.PLANS) == set(suite.RUNNERS) == set(suite.BENCHMARKS + suite.EXTRA)
+    assert "scale" in suite.EXTRA and "scale" not in suite.BENCHMARKS  # an hour or more: only when named
     assert suite.PLANS["detect"].full["lengths"] == [30, 300]  # the length comparison asked for
     with pytest.raises(ValueError, match="unknown benchmark"):
         suite.run_suite(["modle"])
