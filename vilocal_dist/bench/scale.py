@@ -12,7 +12,7 @@ minute); the manifest (publishes, ms per record); MLflow child runs written per 
 invariants: every (video, method) exactly once in the manifest and once FINISHED in MLflow.
 
 Cases: ``--n`` with the automatic videos per trial, the same with one video per trial up to
-``--control-n`` (the choice this measures), a loopback ``mlflow server`` at ``--server-n``, and a
+``--control-n`` (the choice this measures), a loopback MLflow tracking server at ``--server-n``, and a
 resume at ``--resume-n``: a forge whose driver and Ray processes are SIGKILLed once half the
 videos are listed, then the same forge again; it reports the restore time and how many finished
 videos were redone (the target is none). ``--ui-probe`` also times what the MLflow UI's
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vilocal_dist.bench.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", default="100,1000,10000", help="comma-separated video counts (default 100,1000,10000)")
     p.add_argument("--control-n", type=int, default=1000, help="one-video-per-trial runs up to this N (0: none)")
-    p.add_argument("--server-n", type=int, default=1000, help="N of the loopback mlflow server case (0: none)")
+    p.add_argument("--server-n", type=int, default=1000, help="N of the loopback MLflow tracking server case (0: none)")
     p.add_argument("--resume-n", type=int, default=1000, help="N of the kill-and-resume case (0: none)")
     p.add_argument("--ui-probe", action="store_true",
                    help="time the MLflow UI's queries over the largest case's store (a loopback server)")

@@ -1,4 +1,4 @@
-"""A loopback ``mlflow server`` on a SQLite file, for benchmarks and tests that need a real one."""
+"""A loopback MLflow tracking server on a SQLite file, for benchmarks and tests that need a real one."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 class LocalServer:
-    """``mlflow server`` on 127.0.0.1 over ``db`` (default ``root/mlflow.db``) and ``root/artifacts``; ``stop()``
-    kills it (its whole process group) and ``start()`` brings it back on the same port and store."""
+    """An MLflow tracking server on 127.0.0.1 over ``db`` (default ``root/mlflow.db``) and
+    ``root/artifacts``; ``stop()`` kills it (its whole process group) and ``start()`` brings it
+    back on the same port and store."""
 
     def __init__(self, root: str | Path, db: str | Path | None = None) -> None:
         self.root = Path(root)
@@ -40,7 +41,7 @@ class LocalServer:
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the MLflow tracking server exited: {(self.root / 'server.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
                     if answer.status == 200:
@@ -48,7 +49,7 @@ class LocalServer:
             except OSError:
                 time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"mlflow server at {self.uri} did not answer /health within {within_s:.0f} s")
+        raise RuntimeError(f"the MLflow tracking server at {self.uri} did not answer /health within {within_s:.0f} s")
 
     def stop(self) -> None:
         """SIGKILL the server and its workers (as a crashed node would go)."""
