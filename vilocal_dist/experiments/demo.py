@@ -243,8 +243,11 @@ def run_demo(spec: DemoSpec, out: Path, *, name: str = "demo") -> dict[str, Any]
     print("\nDetection on held-out videos (pixel F1/IoU at 0.5; empty-GT frames: see report):\n")
     print(table)
     if sweep_info:
-        print(f"\nSweep {sweep_info['sweep']}: {sweep_info['trials']} trials, best {sweep_info['metric']} = "
-              f"{sweep_info['best_metric']} with {sweep_info['best_config']}")
+        best = {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in sweep_info["best_config"].items()}
+        metric = sweep_info["best_metric"]
+        shown = f"{metric:.2f}" if isinstance(metric, float) else metric
+        print(f"\nSweep {sweep_info['sweep']}: {sweep_info['trials']} trials, best {sweep_info['metric']} = {shown} "
+              f"with {best}")
     print(f"\nwall time {result['wall_s'] / 60:.1f} min · peak memory (driver + Ray processes) "
           f"{result['peak_memory_gib']:.2f} GiB")
     print(f"forged dataset: {out / 'forged'}\ncheckpoints: {result['checkpoints']}")
