@@ -166,15 +166,21 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _timed_json(url: str, body: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+def _timed(url: str, body: dict[str, Any] | None = None) -> tuple[float, bytes]:
+    """Seconds to GET ``url`` (POST ``body`` as JSON) and read the whole answer; the answer."""
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as answer:
-        payload = json.loads(answer.read() or b"{}")
+        payload = answer.read()
     return time.perf_counter() - start, payload
+
+
+def _timed_json(url: str, body: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    seconds, payload = _timed(url, body)
+    return seconds, json.loads(payload or b"{}")
 
 
 def probe_ui(folder: Path, db: Path) -> dict[str, Any]:
@@ -188,7 +194,7 @@ def probe_ui(folder: Path, db: Path) -> dict[str, Any]:
     server.start()
     try:
         started = time.perf_counter() - start
-        html_s, _ = _timed_page(server.uri + "/")
+        html_s, _ = _timed(server.uri + "/")
         _, exp = _timed_json(f"{server.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=vilocal-forge")
         query = {"experiment_ids": [exp["experiment"]["experiment_id"]], "order_by": ["attributes.start_time DESC"]}
         first_s, first = _timed_json(f"{server.uri}/ajax-api/2.0/mlflow/runs/search", {**query, "max_results": 100})
@@ -207,15 +213,6 @@ def probe_ui(folder: Path, db: Path) -> dict[str, Any]:
     return {"server_start_s": round(started, 1), "html_s": round(html_s, 3), "first_100_runs_s": round(first_s, 3),
             "first_page_runs": len(first.get("runs", [])), "all_runs": total, "all_runs_s": round(all_s, 2),
             "all_pages": pages}  # fmt: skip
-
-
-def _timed_page(url: str) -> tuple[float, int]:
-    import urllib.request
-
-    start = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=600) as answer:
-        size = len(answer.read())
-    return time.perf_counter() - start, size
 
 
 def _tree(pid: int) -> list[Any]:

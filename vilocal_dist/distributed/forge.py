@@ -234,8 +234,10 @@ class ManifestPublisher(tune.Callback):
         return {**self.__dict__, "_last": 0.0}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        for item in reported_videos(result):
-            STATS.setdefault("first_result_s", time.perf_counter() - STATS.get("t0", 0.0))
+        items = reported_videos(result)
+        if items and "first_result_s" not in STATS:
+            STATS["first_result_s"] = time.perf_counter() - STATS.get("t0", 0.0)
+        for item in items:
             self.pending.append(item["record"])
             STATS.setdefault("seconds", {})[item["record"]["id"]] = float(item["seconds"])
         if time.monotonic() - self._last >= self.every_s:
