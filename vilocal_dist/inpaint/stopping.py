@@ -41,12 +41,19 @@ class StopRule:
 
 @dataclass
 class Plateau:
-    """The state of a ``StopRule`` over one fit phase; picklable (a checkpoint keeps it)."""
+    """The state of a ``StopRule`` over one fit phase; picklable (a checkpoint keeps it).
+
+    With ``decays`` > 0 (the ``plateau`` lr schedule) the first plateaus do not stop the fit: each
+    divides the learning rate by 10 (``scale``) and waits for a new plateau. A drop at the plateau
+    needs no budget to decay over, so it behaves the same at 3,000 iterations and at 80,000.
+    """
 
     rule: StopRule
     best: float = -math.inf
     since_best: int = 0  # evaluations since the best one
     stopped_at: int = 0  # iteration the rule fired at (0 = it did not)
+    decays: int = 0  # lr drops left before a plateau stops the fit
+    scale: float = 1.0  # learning-rate multiplier after the drops so far
 
     def due(self, iteration: int) -> bool:
         """Whether ``iteration`` (1-based count of finished steps) is an evaluation point."""
@@ -61,34 +68,55 @@ class Plateau:
         if iteration >= self.rule.max_iters:
             return True
         if self.rule.enabled and iteration >= self.rule.min_iters and self.since_best >= self.rule.patience:
+            if self.decays > 0:
+                self.decays, self.scale, self.since_best = self.decays - 1, self.scale * PLATEAU_DROP, 0
+                return False
             self.stopped_at = iteration
             return True
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "since_best": self.since_best, "stopped_at": self.stopped_at}
+        return {"best": self.best, "since_best": self.since_best, "stopped_at": self.stopped_at,
+                "decays": self.decays, "scale": self.scale}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.since_best, self.stopped_at = float(state["best"]), int(state["since_best"]), int(state["stopped_at"])
+        self.decays, self.scale = int(state.get("decays", 0)), float(state.get("scale", 1.0))  # older checkpoints: none
+
+
+#: The ``plateau`` schedule: how many times the lr drops, and by what factor, before a plateau stops.
+PLATEAU_DECAYS, PLATEAU_DROP = 1, 0.1
+
+
+def phase_plateau(rule: StopRule, schedule: str, previous: Plateau | None = None) -> Plateau:
+    """A fresh ``Plateau`` for a fit phase. Under the ``plateau`` schedule a phase starts at the
+    learning rate the previous phase ended at and has the drops that phase did not use."""
+    if schedule != "plateau":
+        return Plateau(rule)
+    if previous is None:
+        return Plateau(rule, decays=PLATEAU_DECAYS)
+    used = round(math.log(previous.scale) / math.log(PLATEAU_DROP)) if previous.scale < 1 else 0
+    return Plateau(rule, decays=max(0, PLATEAU_DECAYS - used), scale=previous.scale)
 
 
 def lr_factor(schedule: str, iteration: int, max_iters: int, warmup: int) -> float:
     """Multiplier of the base learning rate at ``iteration`` (0-based step about to run).
 
     ``constant``: 1. ``cosine``: linear warm-up over ``warmup`` steps, then a cosine from 1 to 0.1
-    over the rest of ``max_iters`` (0.1, not 0, so a fit stopped late still learns).
+    over the rest of ``max_iters`` (0.1, not 0, so a fit stopped late still learns). ``plateau``:
+    1 here; the fit multiplies in its ``Plateau.scale`` (drops at plateaus, not by the clock).
     """
-    if schedule == "constant":
+    if schedule in ("constant", "plateau"):
         return 1.0
     if schedule != "cosine":
-        raise ValueError(f"unknown lr schedule {schedule!r}; known: constant, cosine")
+        raise ValueError(f"unknown lr schedule {schedule!r}; known: {', '.join(LR_SCHEDULES)}")
     if iteration < warmup:
         return (iteration + 1) / warmup
     progress = min(1.0, (iteration - warmup) / max(1, max_iters - warmup))
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 
 
 def scaled_dilation(dilate: int, rows: int, reference_rows: int) -> int:

@@ -72,6 +72,7 @@ class IIVITrainer:
         self.rng = np.random.default_rng(seed)
         self.augmenter = MaskAugmenter(video.holes[:, 0].cpu().numpy(), boundary_aware=cfg.boundary_aware)
         self.iteration = 0
+        self.lr_scale = 1.0  # set by the fit from its Plateau under the 'plateau' schedule
         self.recon_end = cfg.iters_recon  # moved earlier when the stopping rule ends phase 1
         self.logs: dict[str, float] = {}
 
@@ -121,7 +122,7 @@ class IIVITrainer:
         if cfg.lr_schedule != "constant":
             warmup = max(1, min(500, cfg.total_iters // 20))
             for group in self.opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.iteration, cfg.total_iters, warmup)
+                group["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.iteration, cfg.total_iters, warmup) * self.lr_scale
         self.opt.step()
         self.iteration += 1
         values = {k: float(t.detach()) for k, t in terms.items()} | {"loss": float(loss.detach())}

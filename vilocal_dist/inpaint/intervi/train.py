@@ -31,7 +31,7 @@ from vilocal_dist.inpaint.intervi.config import InterVIConfig
 from vilocal_dist.inpaint.intervi.losses import PERCEPTUAL_LAYERS, BatchTargets, flow_scale, intervi_losses
 from vilocal_dist.inpaint.intervi.net import SkipNet, padded_size
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
-from vilocal_dist.inpaint.stopping import Plateau, lr_factor, record_point
+from vilocal_dist.inpaint.stopping import lr_factor, phase_plateau, record_point
 from vilocal_dist.inpaint.vgg import default_weights, load_vgg_features
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def fit_intervi(
     unseen = masks | holdout
     known_t = torch.from_numpy(~unseen).unsqueeze(1).to(device).float()
     flows = FlowCache(frames, unseen, preset=config.dis_preset, alpha=config.fb_alpha, beta=config.fb_beta)
-    plateau, history = Plateau(config.stop_rule), []
+    plateau, history = phase_plateau(config.stop_rule, config.lr_schedule), []
     batches = curriculum(n, config)
 
     step, fingerprint, ckpt = 0, _fingerprint(frames, masks, config, seed), None
@@ -206,7 +206,7 @@ def fit_intervi(
         terms["loss"].backward()
         if config.lr_schedule != "constant":
             for group in optim.param_groups:
-                group["lr"] = config.lr * lr_factor(config.lr_schedule, step, config.iterations, warmup)
+                group["lr"] = config.lr * lr_factor(config.lr_schedule, step, config.iterations, warmup) * plateau.scale
         optim.step()
         step += 1
         bar.update(1)
