@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vilocal_dist.inpaint.stopping import Plateau, StopRule, lr_factor, scaled_dilation, watch
+from vilocal_dist.inpaint.stopping import Plateau, StopRule, lr_factor, phase_plateau, scaled_dilation, watch
 
 
 def _run(rule: StopRule, scores: list[float]) -> int:
@@ -58,6 +58,24 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
     assert lr_factor("constant", 999, 1000, 50) == 1.0
 
 
+def test_plateau_schedule_drops_the_lr_once_then_stops() -> None:
+    rule = StopRule(every=10, patience=2, min_delta=0.05, min_iters=0, max_iters=1000)
+    plateau = phase_plateau(rule, "plateau")
+    assert (plateau.decays, plateau.scale) == (1, 1.0)
+    flat = [plateau.update(10 * (i + 1), 20.0) for i in range(5)]
+    # 1st evaluation sets the best; the 2nd plateau (evaluations 2-3) drops the lr, the next stops.
+    assert flat == [False, False, False, False, True] and plateau.scale == pytest.approx(0.1)
+    assert plateau.stopped_at == 50
+    again = Plateau(rule)
+    again.load_state_dict(plateau.state_dict())  # a resumed fit keeps the dropped lr
+    assert (again.decays, again.scale) == (0, pytest.approx(0.1))
+    # The next phase starts at the lr the last one ended at, with no drops left.
+    assert (phase_plateau(rule, "plateau", plateau).decays, phase_plateau(rule, "plateau", plateau).scale) == (0, pytest.approx(0.1))
+    assert phase_plateau(rule, "plateau", phase_plateau(rule, "plateau")).decays == 1
+    assert phase_plateau(rule, "constant").decays == 0 and lr_factor("plateau", 10, 100, 5) == 1.0
+    assert Plateau(rule).load_state_dict({"best": 1.0, "since_best": 0, "stopped_at": 0}) is None  # old checkpoints
+
+
 def test_iivi_stops_at_the_plateau_not_the_maximum() -> None:
     from vilocal_dist.inpaint.iivi import fit_one_video
 
@@ -75,3 +93,36 @@ def test_iivi_stops_at_the_plateau_not_the_maximum() -> None:
     assert [p["iteration"] for p in result.history] == [10.0, 20.0, 30.0]
     assert seen == result.history and all("true/hole_psnr" in p and p["seconds"] > 0 for p in seen)
     assert all(np.isfinite(p["selfval/psnr"]) or p["selfval/psnr"] == np.inf for p in seen)
+
+
+def test_iivi_plateau_schedule_drops_the_lr_before_stopping() -> None:
+    from vilocal_dist.inpaint.iivi import fit_one_video
+
+    frames = np.full((3, 32, 48, 3), 128, np.uint8)
+    masks = np.zeros((3, 32, 48), bool)
+    masks[:, 12:20, 18:30] = True
+    cfg = {"preset": "tiny", "iters_recon": 2000, "iters_reg": 0, "lr": 1e-3, "batch": 1, "lr_schedule": "plateau",
+           "stop_every": 10, "stop_patience": 2, "stop_min_delta": 1000.0, "min_iters": 20}  # fmt: skip
+    result = fit_one_video(frames, masks, cfg, progress=False)
+    assert result.metrics["train/iters"] == 50  # stop at 30 turned into a drop, then 2 more evaluations
+
+
+def test_iivi_variants_share_phase_one_through_the_recon_cache(tmp_path) -> None:
+    """Variants differing only in phase 2 start it from the same cached network; the cached path
+    gives the very result of a fit that ran phase 1 itself."""
+    from vilocal_dist.data.composed import compose_video
+    from vilocal_dist.inpaint.iivi import fit_one_video
+
+    clip = compose_video(3, 3, (32, 48))
+    base = {"preset": "tiny", "iters_recon": 10, "iters_reg": 4, "lr": 1e-3, "batch": 1, "random_vgg": True,
+            "stop_every": 5, "stop_patience": 100, "min_iters": 0, "recon_cache": str(tmp_path / "cache")}  # fmt: skip
+    first = fit_one_video(clip.frames, clip.masks, base, progress=False)
+    assert len(list((tmp_path / "cache").glob("recon-*.pt"))) == 1
+    other = fit_one_video(clip.frames, clip.masks, {**base, "lambda_a": 0.0}, progress=False)
+    phase1 = [p for p in first.history if p["phase"] == 1.0]
+    assert len(phase1) == 2 and [p for p in other.history if p["phase"] == 1.0] == phase1  # timings too: not re-run
+    assert other.metrics["train/iters"] == 14 and len(list((tmp_path / "cache").iterdir())) == 1
+    alone = fit_one_video(clip.frames, clip.masks, {**base, "recon_cache": ""}, progress=False)
+    assert np.array_equal(alone.frames, first.frames)
+    again = fit_one_video(clip.frames, clip.masks, base, progress=False)  # from the cache, same λ
+    assert np.array_equal(again.frames, first.frames)

@@ -40,6 +40,7 @@ class IIVIConfig(MethodConfig):
     holdout: float = 0.05  # fraction of known pixels held out for self-validation; 0 = paper-exact
     boundary_aware: bool = False  # paper's boundary-aware translation sampling (absent in their code)
     ckpt_every: int = 1000  # iterations between checkpoints in workdir
+    recon_cache: str = ""  # folder keeping the end of phase 1 for fits that differ only in phase 2 ("" = off)
     device: str = "auto"  # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     recompute: bool = False  # activation checkpointing: ~4× less activation memory, ~⅓ more compute

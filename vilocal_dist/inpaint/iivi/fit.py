@@ -3,6 +3,11 @@
 Checkpoints (model, Adam, iteration, RNG state, smoothed losses, config) go to ``workdir`` every
 ``ckpt_every`` iterations by atomic replace; a rerun with the same workdir, video, config and seed
 continues from the last one and reaches the same weights as an uninterrupted run.
+
+With ``recon_cache`` set, the state at the end of phase 1 is also kept there under a fingerprint
+of everything phase 1 depends on. Fits that differ only in phase 2 (the regulariser ablations:
+λ_a, λ_s, the VGG, iters_reg) start from it: phase 1 is paid once per video, and every variant
+starts phase 2 from the very same network, which makes the comparison paired.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +31,14 @@ from vilocal_dist.inpaint.iivi.augment import dilate_masks
 from vilocal_dist.inpaint.iivi.config import IIVIConfig
 from vilocal_dist.inpaint.iivi.trainer import IIVITrainer, VideoTensors
 from vilocal_dist.inpaint.selfval import holdout_masks, holdout_psnr
-from vilocal_dist.inpaint.stopping import Plateau, record_point, scaled_dilation
+from vilocal_dist.inpaint.stopping import phase_plateau, record_point, scaled_dilation
 
 CKPT_NAME = "iivi_state.pt"
 # Options that change neither the data nor the optimisation path: a resume may alter them.
-_RESUMABLE_CHANGES = ("ckpt_every", "device", "amp", "recompute")
+_RESUMABLE_CHANGES = ("ckpt_every", "device", "amp", "recompute", "recon_cache")
+# Options phase 1 never reads (it trains on the reconstruction loss alone).
+_PHASE2_ONLY = {"lambda_a": 0.0, "lambda_s": 0.0, "iters_reg": 0, "vgg_layer": "relu3_4", "vgg_weights": None,
+                "random_vgg": False}
 
 
 def to_working_size(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +66,12 @@ def _fingerprint(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, seed: i
     h.update(repr({k: v for k, v in sorted(asdict(cfg).items()) if k not in _RESUMABLE_CHANGES}).encode())
     h.update(str(seed).encode())
     return h.hexdigest()
+
+
+def _recon_fingerprint(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, seed: int) -> str:
+    """The fingerprint of phase 1 alone (the cosine schedule spans both phases: then iters_reg counts)."""
+    neutral = {k: v for k, v in _PHASE2_ONLY.items() if not (k == "iters_reg" and cfg.lr_schedule == "cosine")}
+    return "recon-" + _fingerprint(frames, masks, replace(cfg, **neutral), seed)
 
 
 def _save(path: Path, trainer: IIVITrainer, cfg: IIVIConfig, fingerprint: str, stopping: dict[str, Any]) -> None:
@@ -100,23 +114,31 @@ def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, p
         ckpt = workdir / CKPT_NAME
         saved = _resume(ckpt, trainer, fingerprint)
     phase = 1 if cfg.iters_recon > 0 else 2
-    plateau = Plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg))
+    plateau = phase_plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg), cfg.lr_schedule)
     history: list[dict[str, float]] = []
+    cached = None
+    if cfg.recon_cache and phase == 1:
+        cached = Path(cfg.recon_cache) / f"{_recon_fingerprint(frames, masks, cfg, seed)}.pt"
+        if not saved:
+            saved = _resume(cached, trainer, cached.stem)
     if saved:
         phase, history = saved["phase"], list(saved["history"])
-        plateau = Plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg))
+        plateau = phase_plateau(cfg.stop_rule(cfg.iters_recon if phase == 1 else cfg.iters_reg), cfg.lr_schedule)
         plateau.load_state_dict(saved["plateau"])
 
     def stopping_state() -> dict[str, Any]:
         return {"phase": phase, "plateau": plateau.state_dict(), "history": history}
 
-    start_iter, start = trainer.iteration, time.perf_counter()
+    # The clock goes on from the last saved point, so a resumed fit's curve stays monotonic in seconds.
+    resumed_at = time.perf_counter()
+    start_iter, start = trainer.iteration, resumed_at - (history[-1]["seconds"] if history else 0.0)
     with tqdm(total=cfg.total_iters, initial=start_iter, desc="iivi", disable=not progress, unit="it") as bar:
         while phase <= 2:
             phase_start = 0 if phase == 1 else trainer.recon_end
             if trainer.iteration - phase_start >= plateau.rule.max_iters:
                 phase_end = True
             else:
+                trainer.lr_scale = plateau.scale
                 trainer.step()
                 bar.update(1)
                 if trainer.iteration % 25 == 0:
@@ -133,7 +155,10 @@ def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, p
                     trainer.recon_end = trainer.iteration
                     bar.total = trainer.iteration + cfg.iters_reg
                 phase += 1
-                plateau = Plateau(cfg.stop_rule(cfg.iters_reg))
+                plateau = phase_plateau(cfg.stop_rule(cfg.iters_reg), cfg.lr_schedule, plateau)
+                if cached is not None and phase == 2:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    _save(cached, trainer, cfg, cached.stem, stopping_state())
             if ckpt is not None and (trainer.iteration % cfg.ckpt_every == 0 or phase > 2):
                 _save(ckpt, trainer, cfg, fingerprint, stopping_state())
     seconds = time.perf_counter() - start
@@ -143,7 +168,7 @@ def _fit(frames: np.ndarray, masks: np.ndarray, cfg: IIVIConfig, *, seed: int, p
     metrics |= {"train/iters": float(trainer.iteration), "train/iters_recon": float(trainer.recon_end),
                 "train/seconds": seconds}  # fmt: skip
     if trainer.iteration > start_iter:
-        metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(seconds, 1e-9)
+        metrics["train/iters_per_s"] = (trainer.iteration - start_iter) / max(time.perf_counter() - resumed_at, 1e-9)
     if cfg.holdout > 0:
         hidden = _to_native(trainer.predict(hide_holdout=True), frames.shape[1:3])
         metrics["selfval/psnr"] = holdout_psnr(hidden, frames, native_holdout)
