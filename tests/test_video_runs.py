@@ -74,3 +74,19 @@ def test_backfill_writes_only_the_listed_videos_without_a_finished_run(logger):
     runs = {r.info.run_name: r for r in _runs("forge-test")}
     assert sorted(runs) == ["v0__telea", "v1__telea", "v2__telea"]
     assert runs["v2__telea"].data.tags["vilocal.backfilled"] == "true"
+
+
+def test_learning_curves_become_stepped_metrics_and_records_stay_small():
+    from vilocal_dist.distributed.video_runs import curve_steps, record_metrics
+    from vilocal_dist.engines.forge import CURVE_POINTS, thin_curve
+
+    history = [{"iteration": float(i), "seconds": i / 10, "selfval/psnr": 20 + i / 100, "phase": 1.0} for i in range(1, 201)]
+    history[3]["true/hole_psnr"] = float("inf")  # an exact fill: not a metric value
+    thin = thin_curve(history)
+    assert len(thin) == CURVE_POINTS and thin[0] is history[0] and thin[-1] is history[-1]
+    assert thin_curve(history[:5]) == history[:5]
+    steps = curve_steps(history[:4])
+    assert [s for s, _ in steps] == [1, 2, 3, 4]
+    assert steps[0][1] == {"curve/selfval_psnr": 20.01, "curve/seconds": 0.1} and "curve/true_hole_psnr" not in steps[3][1]
+    record = {"seconds": 1.5, "metrics": {"train/iters": 30, "selfval/psnr": float("inf"), "ok": True}}
+    assert record_metrics(record) == {"train/iters": 30.0, "method_seconds": 1.5}

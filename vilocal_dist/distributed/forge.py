@@ -281,6 +281,13 @@ def _job_params(job: Mapping[str, Any]) -> dict[str, Any]:
             "cfg": json.dumps(job["cfg"], sort_keys=True)}
 
 
+def _trial_curves(result: Mapping[str, Any]) -> list[tuple[int, dict[str, float]]]:
+    """The learning curves of the videos a result reports, as stepped metrics."""
+    from vilocal_dist.distributed.video_runs import curve_steps
+
+    return [step for item in reported_videos(result) for step in curve_steps(item["record"].get("history") or [])]
+
+
 def _trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return _job_params(config["jobs"][0])
 
@@ -359,7 +366,8 @@ def forge(jobs: list[dict[str, Any]], opts: ForgeOptions, *, address: str | None
     with parent_run(EXPERIMENT, name, path=path, resume=resume, params=params, tags={"vilocal.kind": "forge"}) as run:
         if per_trial == 1:  # a run per trial, with its config and result as artifacts
             logger: tune.Callback = MLflowTrialLogger(
-                experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name
+                experiment=EXPERIMENT, parent_run_id=run.info.run_id, params_of=_trial_params, run_name_of=_trial_name,
+                stepped_of=_trial_curves,
             )
         else:  # a run per video of each shard, written off the driver's event loop
             logger = VideoRunLogger(experiment=EXPERIMENT, parent_run_id=run.info.run_id, videos_of=reported_videos,

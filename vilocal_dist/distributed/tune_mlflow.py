@@ -69,7 +69,8 @@ class MLflowTrialLogger(tune.Callback):
     ``params_of(config) -> dict`` picks what to log as params (default: the flattened config);
     ``run_name_of(trial) -> str`` names the child run (default: the trial's name);
     ``spool_dir``: where records wait while the server is away (default under ``<home>/spool``);
-    ``delivery``: how hard to try the server before spooling.
+    ``delivery``: how hard to try the server before spooling; ``stepped_of(result)``: further
+    metrics a result carries as (step, {name: value}) pairs, e.g. a learning curve inside it.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class MLflowTrialLogger(tune.Callback):
         tags: Mapping[str, str] | None = None,
         spool_dir: str | Path | None = None,
         delivery: DeliveryConfig = DeliveryConfig(),
+        stepped_of: Callable[[Mapping[str, Any]], list[tuple[int, dict[str, float]]]] | None = None,
     ) -> None:
         self.uri = tracking_uri(uri)
         self.experiment = experiment
@@ -92,6 +94,7 @@ class MLflowTrialLogger(tune.Callback):
         self.tags = {**provenance(), **(tags or {})}
         self.spool_dir = Path(spool_dir or home_dir() / "spool" / f"sweep-{parent_run_id}" / SPOOL_DIRNAME)
         self.delivery = delivery
+        self.stepped_of = stepped_of
         self.runs: dict[str, str] = {}  # trial_id -> MLflow run id
         self._client: Any = None
         self._logs: dict[str, RunLog] = {}  # run id -> its RunLog
@@ -179,7 +182,10 @@ class MLflowTrialLogger(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         def log_result() -> None:
             step = int(result.get("training_iteration", 0))
-            self._runlog(self._open(trial)).log_metrics(numeric_metrics(result), step)
+            runlog = self._runlog(self._open(trial))
+            runlog.log_metrics(numeric_metrics(result), step)
+            for at, values in self.stepped_of(result) if self.stepped_of else ():
+                runlog.log_metrics(values, at)
 
         self._guard(f"logging a result of trial {trial.trial_id}", log_result)
 

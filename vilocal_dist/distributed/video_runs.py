@@ -20,6 +20,7 @@ shard that reports its finished videos again), so neither a resume nor a retry d
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,6 +37,32 @@ log = logging.getLogger(__name__)
 #: Figures of the last forge in this process, for benchmarks and the forge summary.
 STATS: dict[str, float] = {}
 _PAGE = 5000  # runs per search page when reading the ids already logged
+#: Learning-curve values of a record's ``history`` logged as stepped metrics (step = iteration).
+CURVE_KEYS = ("selfval/psnr", "true/hole_psnr", "seconds")
+
+
+def _curve_key(key: str) -> str:
+    return "curve/" + key.replace("/", "_")
+
+
+def curve_steps(history: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, float]]]:
+    """A record's learning curve as (iteration, {``curve/...``: value}) pairs for stepped metrics."""
+    out = []
+    for point in history:
+        values = {_curve_key(k): float(point[k]) for k in CURVE_KEYS
+                  if isinstance(point.get(k), (int, float)) and math.isfinite(point[k])}  # fmt: skip
+        if values and isinstance(point.get("iteration"), (int, float)):
+            out.append((int(point["iteration"]), values))
+    return out
+
+
+def record_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """A forged video's numeric metrics and its method's wall time (``method_seconds``)."""
+    out = {k: float(v) for k, v in (record.get("metrics") or {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
+    if isinstance(record.get("seconds"), (int, float)):
+        out["method_seconds"] = float(record["seconds"])
+    return out
 
 
 class VideoRunLogger(tune.Callback):
@@ -80,9 +107,8 @@ class VideoRunLogger(tune.Callback):
         for item in self.videos_of(result):
             record = item["record"]
             metrics = {"seconds": float(item["seconds"]), "frames": float(record.get("frames", 0))}
-            metrics.update({k: float(v) for k, v in (record.get("metrics") or {}).items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            self._put(record["id"], "FINISHED", trial, jobs.get(record["id"], record), metrics, "")
+            self._put(record["id"], "FINISHED", trial, jobs.get(record["id"], record), metrics | record_metrics(record), "",
+                      record.get("history") or [])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._retries[trial.trial_id] = trial.num_failures
@@ -105,7 +131,7 @@ class VideoRunLogger(tune.Callback):
     # --- the writer -------------------------------------------------------------------------------
 
     def _put(self, vid: str, status: str, trial: Any, job: Mapping[str, Any], metrics: dict[str, float],
-             error: str) -> None:
+             error: str, curve: list[dict[str, float]] | None = None) -> None:
         if vid in self._seen:
             return
         if status == "FINISHED":
@@ -121,7 +147,7 @@ class VideoRunLogger(tune.Callback):
             tags["vilocal.error"] = " ".join(error.split())[-4000:]
         now = int(time.time() * 1000)
         assert self._queue is not None
-        self._queue.put((vid, status, dict(self.params_of(job)), metrics, tags, now))
+        self._queue.put((vid, status, dict(self.params_of(job)), metrics, tags, now, curve or []))
 
     def drain(self, within_s: float) -> None:
         """Wait until every queued run is written; give up after ``within_s`` seconds without one
@@ -159,10 +185,9 @@ class VideoRunLogger(tune.Callback):
                 missing = [r for r in records if r["id"] in jobs and r["id"] not in self._done]
                 now = int(time.time() * 1000)
                 for record in missing:
-                    metrics = {k: float(v) for k, v in (record.get("metrics") or {}).items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    metrics = record_metrics(record)
                     self._write(client, exp_id, tags, record["id"], "FINISHED", dict(self.params_of(jobs[record["id"]])),
-                                metrics, {"vilocal.backfilled": "true"}, now)  # fmt: skip
+                                metrics, {"vilocal.backfilled": "true"}, now, record.get("history") or [])  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - logging never ends a forge
             log.warning("MLflow: could not check the forge's runs against the manifest (%s); rerunning the same "
                         "command does it", short_error(exc))
@@ -217,7 +242,8 @@ class VideoRunLogger(tune.Callback):
         return ids
 
     def _write(self, client: Any, exp_id: str, base_tags: dict[str, str], vid: str, status: str,
-               params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], ended_ms: int) -> None:
+               params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], ended_ms: int,
+               curve: list[dict[str, float]] = ()) -> None:  # type: ignore[assignment]
         from mlflow.entities import Metric, Param
 
         if vid in self._done:
@@ -226,7 +252,8 @@ class VideoRunLogger(tune.Callback):
         run = client.create_run(exp_id, run_name=vid, start_time=ended_ms,
                                 tags={**base_tags, **tags, "vilocal.video_id": vid})
         run_id = run.info.run_id
-        client.log_batch(run_id, metrics=[Metric(k, v, ended_ms, 0) for k, v in metrics.items()],
+        stepped = [Metric(k, v, ended_ms, step) for step, values in curve_steps(list(curve)) for k, v in values.items()]
+        client.log_batch(run_id, metrics=[Metric(k, v, ended_ms, 0) for k, v in metrics.items()] + stepped,
                          params=[Param(k, str(v)) for k, v in flat_params(params).items()])
         client.set_terminated(run_id, status=status, end_time=ended_ms)
         if status == "FINISHED":

@@ -4,12 +4,17 @@
 Ray Tune fan-out all call; ``forge_local`` loops over sources × methods in one process. The
 stored mask of a forged video is the source's object mask, i.e. exactly the region the method
 was asked to fill (``composite`` keeps every other pixel untouched).
+
+A record also keeps the method's wall time and, for internal methods, its learning curve (thinned
+to ``CURVE_POINTS``). Where the source has clean backgrounds (composed videos, the quality
+protocol's folders) the curve includes the hole PSNR against them at every evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -22,6 +27,7 @@ from vilocal_dist.data.manifest import ForgedDataset, publish, split_for, store_
 from vilocal_dist.data.sources import VideoSource, load_video, open_source
 from vilocal_dist.errors import InputError
 from vilocal_dist.inpaint.registry import get_method
+from vilocal_dist.inpaint.stopping import watch
 from vilocal_dist.video.io import resize_frame, resize_mask
 
 Source = str | Path | VideoSource | ComposedVideo
@@ -44,6 +50,34 @@ def _load(source: Source, size: tuple[int, int] | None, max_frames: int | None) 
     src = open_source(source)
     frames, masks = load_video(src, size=size, max_frames=max_frames)
     return frames, masks, src.spec
+
+
+#: At most this many learning-curve points per record (a manifest of thousands of videos stays small).
+CURVE_POINTS = 64
+
+
+def thin_curve(points: list[dict[str, float]], keep: int = CURVE_POINTS) -> list[dict[str, float]]:
+    """At most ``keep`` evenly spaced points of ``points``, always with the first and the last."""
+    if len(points) <= keep:
+        return list(points)
+    picks = sorted({round(i * (len(points) - 1) / (keep - 1)) for i in range(keep)})
+    return [points[i] for i in picks]
+
+
+def _truth(source: Source, size: tuple[int, int] | None, frames: int) -> np.ndarray | None:
+    """The source's clean backgrounds (uint8 T×H×W×3 at the working size), or None."""
+    if isinstance(source, ComposedVideo):
+        bgs = source.backgrounds[:frames]
+        return np.stack([resize_frame(f, size) for f in bgs]) if size is not None else bgs
+    src = source if isinstance(source, VideoSource) else open_source(source)
+    if not src.has_backgrounds:
+        return None
+    out = []
+    for frame in src.iter_backgrounds(size):
+        out.append(frame)
+        if len(out) == frames:
+            break
+    return np.stack(out) if len(out) == frames else None
 
 
 def forge_video(
@@ -78,7 +112,10 @@ def forge_video(
         raise InputError("the source's masks are empty: there is nothing to remove", spec)
     # Checkpoints of long methods live here, so a retried trial resumes instead of restarting.
     workdir = _workdir(dataset, vid)
-    result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress, workdir=workdir)
+    started = time.perf_counter()
+    with watch(gt_frames=_truth(source, size, len(frames))):
+        result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress, workdir=workdir)
+    seconds = time.perf_counter() - started
     record = {
         "source_video": name,
         "source": spec,
@@ -89,7 +126,10 @@ def forge_video(
         "metrics": result.metrics,
         "size": list(frames.shape[1:3]),
         "max_frames": max_frames,
+        "seconds": round(seconds, 3),  # wall time of the method (a resumed fit: since the resume)
     }
+    if result.history:
+        record["history"] = thin_curve(result.history)
     stored = store_video(out_root, record, result.frames, masks)
     published = publish(out_root, [stored])[0] if publish_record else stored
     shutil.rmtree(workdir, ignore_errors=True)  # the video is in the dataset: its checkpoints are dead weight
