@@ -13,6 +13,12 @@ blanked, ``Annotations`` = masks, ``Backgrounds`` = ground truth), then every co
 and its options, e.g. IIVI without the anti-ambiguity loss) is run over it through the forge
 fan-out: one Tune trial per (video, condition). Conditions sharing a method get separate forge
 folders (a forged video is named by source and method). Scoring is one Ray task per condition.
+
+Beside the quality, the table gives each method's wall time and iterations per video, and the
+run keeps the internal methods' learning curves (``plots/curves.png``, ``curves.json``; each
+forged video's MLflow run has them as stepped ``curve/*`` metrics): hole PSNR against the ground
+truth and the self-validation PSNR the stopping rule watches. IIVI's regulariser ablations share
+each video's phase 1 (``recon_cache``), so they differ only where they should.
 """
 
 from __future__ import annotations
@@ -38,9 +44,24 @@ from vilocal_dist.experiments.common import (
     write_text_atomic,
 )
 
-COLUMNS = ["condition", "method", "type", "protocol", "psnr", "ssim", "psnr_hole", "ssim_hole", "tc", "videos"]
+COLUMNS = ["condition", "method", "type", "protocol", "psnr", "ssim", "psnr_hole", "ssim_hole", "tc", "seconds",
+           "iterations", "videos"]
 PROTOCOLS = ("fixed", "object")
 METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "tc")
+COSTS = ("seconds", "iterations", "converged")  # per video: wall time, iterations, 1 if the stopping rule ended it
+
+
+def converged(record: Mapping[str, Any]) -> float:
+    """1.0 when every phase of an internal fit ended on its stopping rule's plateau, 0.0 when one
+    ran into its maximum (it may not have converged), NaN for methods without iterations."""
+    cfg, metrics = record.get("config") or {}, record.get("metrics") or {}
+    if "train/iters_recon" in metrics and "iters_recon" in cfg:  # IIVI: two phases
+        recon, total = metrics["train/iters_recon"], metrics["train/iters"]
+        ok = (cfg["iters_recon"] == 0 or recon < cfg["iters_recon"]) and (cfg["iters_reg"] == 0 or total - recon < cfg["iters_reg"])
+        return float(ok)
+    if "train/updates" in metrics and "iterations" in cfg:  # InterVI
+        return float(metrics["train/updates"] < cfg["iterations"])
+    return math.nan
 CONDITION_KEYS = ("name", "method", "type", "cfg")
 
 
@@ -176,12 +197,21 @@ def score_condition(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     from vilocal_dist.video.io import read_frames
 
     forged = ForgedDataset(job["forged"])
+    records = {r["id"]: r for r in forged.records(methods=[job["method"]])}
     rows = []
     for name, protocol in sorted(job["videos"].items()):
-        frames, masks = load_video(forged.video_dir(video_id(name, job["method"])))
+        vid = video_id(name, job["method"])
+        frames, masks = load_video(forged.video_dir(vid))
         gt = read_frames(Path(job["sources"]) / "Backgrounds" / "480p" / name)
+        record = records.get(vid, {})
+        metrics = record.get("metrics") or {}
+        iterations = metrics.get("train/iters", metrics.get("train/updates", math.nan))
+        # IIVI's own clock counts a phase 1 taken from the shared cache; the record's, only this call.
+        seconds = metrics.get("train/seconds", record.get("seconds", math.nan))
         rows.append({"condition": job["condition"], "method": job["method"], "protocol": protocol, "video": name,
-                     **quality_metrics(frames, gt, masks), "seconds": math.nan})
+                     **quality_metrics(frames, gt, masks), "seconds": float(seconds),
+                     "iterations": float(iterations), "converged": converged(record),
+                     "history": record.get("history") or []})  # fmt: skip
     return rows
 
 
@@ -195,8 +225,10 @@ def run(config: QualityConfig, recorder: Any, *, workdir: Path) -> Any:
     protocols = write_test_videos(d, base / "sources")
     videos = expand_sources([str(base / "sources")])
     forged_of: dict[str, Path] = {}
+    # IIVI's regulariser ablations differ only in phase 2: they share each video's phase 1.
+    recon_cache = {"recon_cache": str(base / "iivi-recon")}
     for group in forge_groups(config.conditions):
-        cfgs = {c.method: dict(c.cfg) for c in group}
+        cfgs = {c.method: ({**recon_cache, **c.cfg} if c.method == "iivi" else dict(c.cfg)) for c in group}
         out = base / "forged" / config_hash(cfgs)
         jobs = plan_jobs(videos, list(cfgs), method_cfgs={m: c for m, c in cfgs.items() if c}, test_fraction=0.0)
         summary = forge(jobs, ForgeOptions(out=str(out), test_fraction=0.0, seed=d.seed, cpus_per_trial=d.cpus_per_trial,
@@ -216,7 +248,7 @@ def run(config: QualityConfig, recorder: Any, *, workdir: Path) -> Any:
             chosen = [r for r in per_video if r["condition"] == cond.name and r["protocol"] == protocol]
             if not chosen:
                 continue
-            means = {k: _nanmean([r[k] for r in chosen]) for k in METRICS}
+            means = {k: _nanmean([r[k] for r in chosen]) for k in METRICS + COSTS}
             rows.append({"condition": cond.name, "method": cond.method, "type": cond.type, "protocol": protocol,
                          **means, "videos": len(chosen)})
             metrics.update({f"{protocol}/{k}": v for k, v in means.items()})
@@ -225,13 +257,20 @@ def run(config: QualityConfig, recorder: Any, *, workdir: Path) -> Any:
     from vilocal_dist.inpaint.quality import format_table as per_video_table
     from vilocal_dist.tracking.sweep_report import to_csv
 
-    detail_columns = ["condition", "method", "protocol", "video", *METRICS]
+    detail_columns = ["condition", "method", "protocol", "video", *METRICS, *COSTS]
     texts = {"per_video.csv": to_csv(per_video, detail_columns),
-             "per_video.md": per_video_table([{**r, "method": r["condition"]} for r in per_video]) + "\n"}
+             "per_video.md": per_video_table([{**r, "method": r["condition"]} for r in per_video]) + "\n",
+             "curves.json": json.dumps([{k: r[k] for k in ("condition", "video", "history")} for r in per_video
+                                        if r["history"]], default=float) + "\n"}  # fmt: skip
+    figures = {"plots/quality.png": figure(rows)}
+    if any(r["history"] for r in per_video):
+        figures["plots/curves.png"] = curves_figure(per_video)
     caption = (f"Means over videos ({d.frames} frames at {d.size_h}x{d.size_w}); PSNR (dB) and SSIM on composited "
                "frames, TC = temporal consistency (dB, InterVI's patch metric). Test videos: "
-               + ", ".join(f"{sum(p == q for p in protocols.values())} {q}" for q in PROTOCOLS) + ".")
-    return Outcome(rows, COLUMNS, format_table(rows, caption), figures={"plots/quality.png": figure(rows)}, texts=texts)
+               + ", ".join(f"{sum(p == q for p in protocols.values())} {q}" for q in PROTOCOLS)
+               + "; time = the method's wall time per video (s), its = iterations per video (internal methods) and, "
+               "in brackets, the share of fits their stopping rule ended (the rest ran into their maximum).")
+    return Outcome(rows, COLUMNS, format_table(rows, caption), figures=figures, texts=texts)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -247,14 +286,20 @@ def format_table(rows: Sequence[Mapping[str, Any]], caption: str = "") -> str:
     """IIVI Table 1 layout: a line per condition, PSNR / SSIM / TC under each protocol."""
     present = [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]
     titles = {"fixed": "fixed masks", "object": "object masks"}
-    header = ["method", "type"] + [f"{titles[p]} {m}" for p in present for m in ("PSNR", "SSIM", "TC")]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (3 * len(present))]
+    header = ["method", "type"] + [f"{titles[p]} {m}" for p in present for m in ("PSNR", "SSIM", "TC")] + ["time (s)",
+                                                                                                       "its (converged)"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (3 * len(present) + 2)]
     for condition in dict.fromkeys(r["condition"] for r in rows):
         group = {r["protocol"]: r for r in rows if r["condition"] == condition}
         cells = []
         for p in present:
             r = group.get(p, {})
             cells += [_num(r.get("psnr"), "{:.2f}"), _num(r.get("ssim"), "{:.3f}"), _num(r.get("tc"), "{:.2f}")]
+        every = list(group.values())
+        conv = [r.get("converged", math.nan) for r in every]
+        share = "" if all(math.isnan(c) for c in conv) else f" ({_nanmean(conv):.0%})"
+        cells += [_num(_nanmean([r.get("seconds", math.nan) for r in every]), "{:.1f}"),
+                  _num(_nanmean([r.get("iterations", math.nan) for r in every]), "{:.0f}") + share]
         kind = next(iter(group.values()))["type"]
         lines.append(f"| {condition} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\n" + caption if caption else "") + "\n"
@@ -281,5 +326,34 @@ def figure(rows: Sequence[Mapping[str, Any]]) -> Any:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Inpainting quality (IIVI Table 1)")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(per_video: Sequence[Mapping[str, Any]]) -> Any:
+    """Learning curves of the internal methods: hole PSNR against the ground truth and the
+    self-validation PSNR, against iterations and seconds; one colour per condition, a line per video."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_curves = [r for r in per_video if r["history"]]
+    conditions = list(dict.fromkeys(r["condition"] for r in with_curves))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
+    for r in with_curves:
+        colour = f"C{conditions.index(r['condition'])}"
+        first = r is next(x for x in with_curves if x["condition"] == r["condition"])
+        for row, key in enumerate(("true/hole_psnr", "selfval/psnr")):
+            pts = [p for p in r["history"] if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
+            for col, x in enumerate(("iteration", "seconds")):
+                axes[row][col].plot([p[x] for p in pts], [p[key] for p in pts], color=colour, alpha=0.7, lw=1,
+                                    label=r["condition"] if first and pts else None)  # fmt: skip
+    axes[0][0].set_ylabel("hole PSNR vs ground truth (dB)")
+    axes[1][0].set_ylabel("self-validation PSNR (dB)")
+    axes[1][0].set_xlabel("iterations")
+    axes[1][1].set_xlabel("seconds")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Learning curves of the internal methods (one line per video)")
     fig.tight_layout()
     return fig
