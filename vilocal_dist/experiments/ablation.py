@@ -23,23 +23,31 @@ so the comparison is paired and stage 1 is paid once.
 Every detector is scored at each of ``thresholds`` on the test split and on the train split (the
 scenes it trained on: the gap to the test split is what it memorised). The main table is the test
 split at ``eval.threshold``; a second one gives F1 at every threshold, seen and unseen methods.
+
+``cross_domain`` (optional) adds a test the in-domain splits cannot: real footage (e.g. DAVIS
+bmx-trees with its object masks) forged by methods the detectors never saw (e.g. converged IIVI).
+The detectors train on composed videos; a variant that only learned the composed videos' look
+fails here. Its table gives F1 (mean per frame and pixel-pooled) at every threshold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from vilocal_dist.engines.config import check_stage
-from vilocal_dist.errors import ConfigError
+from vilocal_dist.errors import ConfigError, InputError
 from vilocal_dist.experiments.common import (
     COMMON_KEYS,
     SETUP_KEYS,
+    DataSpec,
     Setup,
     TrainedModel,
     baseline_note,
     check_keys,
+    check_method_cfg,
     compact_scores,
     config_hash,
     forge_dataset,
@@ -47,12 +55,14 @@ from vilocal_dist.experiments.common import (
     pair,
     parse_setup,
     ray_map,
+    resolve_sources,
     train_model,
 )
 from vilocal_dist.experiments.generalization import condition_metrics, figure, method_rows
 
 COLUMNS = ["condition", "label", "test_method", "seen", "iou", "f1", "frames", "videos"]
 CONDITION_KEYS = ("name", "label", "train", "stage")
+CROSS_KEYS = ("sources", "methods", "method_cfgs", "max_frames", "size_h", "size_w")
 #: Training modes that end in a full detector (a stage-2 checkpoint).
 DETECTOR_STAGES = ("both", "joint", "random")
 #: Every detector is scored on both splits: test (unseen scenes) and train (the scenes it learned).
@@ -69,11 +79,25 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class CrossDomain:
+    """Real footage forged by methods the detectors never saw (``cross_domain:`` section)."""
+
+    data: DataSpec  # sources, size and frames of the footage (every video is a test video)
+    methods: tuple[str, ...]
+    method_cfgs: Mapping[str, Mapping[str, Any]]
+
+    def label(self) -> str:
+        names = ", ".join(Path(s).name for s in self.data.sources)
+        return f"{names} forged by {'+'.join(self.methods)}"
+
+
+@dataclass(frozen=True)
 class AblationConfig:
     setup: Setup
     train_on: tuple[str, ...]
     conditions: tuple[Condition, ...]
     thresholds: tuple[float, ...]  # scored at each; the main table at setup.eval.threshold
+    cross: CrossDomain | None = None
 
 
 def _condition(d: Any, index: int, setup: Setup, source: str | Path | None) -> Condition:
@@ -106,7 +130,7 @@ def _thresholds(value: Any, main: float, source: str | Path | None) -> tuple[flo
 
 
 def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfig:
-    check_keys(raw, COMMON_KEYS + SETUP_KEYS + ("train_on", "conditions", "thresholds"), "", source)
+    check_keys(raw, COMMON_KEYS + SETUP_KEYS + ("train_on", "conditions", "thresholds", "cross_domain"), "", source)
     setup = parse_setup(raw, source)
     train_on = method_list(raw.get("train_on") or list(setup.methods[:2]), "train_on", source, known=setup.methods)
     items = raw.get("conditions")
@@ -116,7 +140,50 @@ def validate(raw: Mapping[str, Any], source: str | Path | None) -> AblationConfi
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise ConfigError(f"condition names must differ, got {names}", source)
-    return AblationConfig(setup, train_on, conditions, _thresholds(raw.get("thresholds"), setup.eval.threshold, source))
+    return AblationConfig(setup, train_on, conditions, _thresholds(raw.get("thresholds"), setup.eval.threshold, source),
+                          _cross_domain(raw.get("cross_domain"), setup, source))
+
+
+def _cross_domain(raw: Any, setup: Setup, source: str | Path | None) -> CrossDomain | None:
+    """The ``cross_domain`` section: footage with object masks and the unseen forgers to apply."""
+    if raw is None:
+        return None
+    raw = check_keys(raw, CROSS_KEYS, "cross_domain", source)
+    sources = raw.get("sources")
+    if not isinstance(sources, (list, tuple)) or not sources or not all(isinstance(x, str) for x in sources):
+        raise ConfigError("cross_domain.sources must be a non-empty list of videos, folders or 'davis'", source)
+    methods = method_list(raw.get("methods") or [], "cross_domain.methods", source)
+    cfgs = raw.get("method_cfgs") or {}
+    if not isinstance(cfgs, Mapping) or set(cfgs) - set(methods):
+        raise ConfigError(f"cross_domain.method_cfgs must be a mapping over cross_domain.methods {list(methods)}", source)
+    method_cfgs = {m: check_method_cfg(m, cfgs.get(m) or {}, f"cross_domain.method_cfgs.{m}", source) for m in methods}
+    size = {k: raw.get(k, getattr(setup.data, k)) for k in ("size_h", "size_w")}
+    data = dataclasses.replace(setup.data, dataset="", sources=tuple(sources), composed=0,
+                               max_frames=int(raw.get("max_frames", setup.data.max_frames)), **size)
+    if data.size_h < 16 or data.size_w < 16 or data.max_frames < 0:
+        raise ConfigError("cross_domain: size_h/size_w ≥ 16 and max_frames ≥ 0 are needed", source)
+    return CrossDomain(data, tuple(methods), method_cfgs)
+
+
+def forge_cross_domain(cross: CrossDomain, workdir: Path) -> Path:
+    """Forge the cross-domain footage (every video in the test split) into a folder keyed by its
+    content; a failed video is an error. Returns the folder."""
+    from vilocal_dist.distributed.forge import ForgeOptions, expand_sources, forge, plan_jobs
+
+    d = cross.data
+    cfgs = {m: dict(cross.method_cfgs.get(m) or {}) for m in cross.methods}
+    out = workdir / "forged-cross" / config_hash({"data": d.identity(), "methods": cfgs})
+    videos = expand_sources(resolve_sources(d.sources), size=(d.size_h, d.size_w))
+    jobs = plan_jobs(videos, list(cross.methods), method_cfgs={m: c for m, c in cfgs.items() if c}, test_fraction=0.5)
+    for job in jobs:
+        job["split"] = "test"  # footage from another domain: nothing of it is trained on
+    summary = forge(jobs, ForgeOptions(out=str(out), seed=d.seed, test_fraction=0.5, size_h=d.size_h, size_w=d.size_w,
+                                       max_frames=d.max_frames, cpus_per_trial=d.cpus_per_trial,
+                                       gpus_per_trial=d.gpus_per_trial, max_concurrent=d.max_concurrent,
+                                       retries=d.retries))  # fmt: skip
+    if summary.failed:
+        raise InputError(f"forging the cross-domain videos failed for {', '.join(summary.failed)}; rerun to retry", out)
+    return out
 
 
 def _threshold_key(threshold: float) -> str:
@@ -130,11 +197,14 @@ def score_checkpoint(job: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     from vilocal_dist.engines.evaluate import evaluate_checkpoint
 
     out = {}
-    for split in SPLITS:
-        scores = evaluate_checkpoint(job["checkpoint"], job["data"], split=split, threshold=job["thresholds"][0],
+    plan = [(split, job["data"], split) for split in SPLITS]
+    if job.get("cross"):
+        plan.append(("cross", job["cross"], "test"))
+    for name, data, split in plan:
+        scores = evaluate_checkpoint(job["checkpoint"], data, split=split, threshold=job["thresholds"][0],
                                      also_at=job["thresholds"], batch_size=job["batch_size"], device=job["device"],
                                      progress=False)
-        out[split] = {t: compact_scores(s) for t, s in scores["at_threshold"].items()}
+        out[name] = {t: compact_scores(s) for t, s in scores["at_threshold"].items()}
     return out
 
 
@@ -165,9 +235,11 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
 
     setup = config.setup
     data = forge_dataset(setup.data, setup.methods, setup.method_cfgs, workdir)
+    cross = forge_cross_domain(config.cross, workdir) if config.cross else None
     models, shared = _train(config, recorder, data, workdir)
     jobs = [{"checkpoint": str(m.checkpoint), "data": str(data), "thresholds": config.thresholds,
-             "batch_size": setup.eval.batch_size, "device": setup.eval.device} for m in models]
+             "batch_size": setup.eval.batch_size, "device": setup.eval.device, "cross": str(cross) if cross else ""}
+            for m in models]  # fmt: skip
     scores = ray_map(score_checkpoint, jobs, cpus=setup.eval.cpus, gpus=setup.eval.gpus, desc="evaluate")
 
     main = _threshold_key(setup.eval.threshold)
@@ -181,16 +253,42 @@ def run(config: AblationConfig, recorder: Any, *, workdir: Path) -> Any:
         for row in method_rows(cond.name, setup.methods, config.train_on, score["test"][main]):
             by_split = {column: _method_f1(score[split][t], row["test_method"]) for column, (split, t) in extra.items()}
             group.append({**row, "label": cond.label, **by_split})
-        recorder.child(cond.name, params=params, metrics={**condition_metrics(group), **_threshold_metrics(group, extra)},
-                       tags={"vilocal.train_runs": ",".join(model.run_ids)})
+        cross_metrics = {}
+        if "cross" in score:
+            crossed = {_threshold_key(t): score["cross"][_threshold_key(t)]["all"] for t in config.thresholds}
+            for row in group:
+                row.update({f"cross_f1@{t}": s["f1"] for t, s in crossed.items()}
+                           | {f"cross_f1px@{t}": s["f1_pixel"] for t, s in crossed.items()})
+            cross_metrics = {f"cross/f1_at_{t}": s["f1"] for t, s in crossed.items()}
+            cross_metrics |= {f"cross/f1_pixel_at_{t}": s["f1_pixel"] for t, s in crossed.items()}
+        recorder.child(cond.name, params=params, tags={"vilocal.train_runs": ",".join(model.run_ids)},
+                       metrics={**condition_metrics(group), **_threshold_metrics(group, extra), **cross_metrics})
         rows += group
     caption = (f"IoU/F1 = mean of per-frame scores over every test frame at threshold {setup.eval.threshold:g}; "
                f"trained on {'+'.join(config.train_on)} (*), the other methods unseen. Model {setup.train.model} at "
                f"{setup.train.size_h}x{setup.train.size_w}. " + baseline_note(scores[0]["test"][main]))
     markdown = (format_table(rows, setup.methods, caption) + "\n"
                 + format_threshold_table(rows, config.thresholds))
+    columns = COLUMNS + list(extra)
+    if config.cross:
+        floor = scores[0]["cross"][main]["all_forged"]
+        markdown += "\n" + format_cross_table(rows, config.thresholds, config.cross.label(), floor)
+        columns += [f"cross_{kind}@{_threshold_key(t)}" for kind in ("f1", "f1px") for t in config.thresholds]
     fig = figure(rows, setup.methods, title="Ablation (ViLocal Table V)", prefix="")
-    return Outcome(rows, COLUMNS + list(extra), markdown, figures={"plots/f1_by_method.png": fig})
+    return Outcome(rows, columns, markdown, figures={"plots/f1_by_method.png": fig})
+
+
+def format_cross_table(rows: Sequence[Mapping[str, Any]], thresholds: Sequence[float], label: str,
+                       floor: Mapping[str, float]) -> str:  # fmt: skip
+    """One line per condition: cross-domain F1 at each threshold, mean per frame and pixel-pooled."""
+    ts = "/".join(_threshold_key(t) for t in thresholds)
+    lines = [f"| variant | F1, mean per frame ({ts}) | F1, pixel-pooled ({ts}) |", "|---|---:|---:|"]
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        r = next(x for x in rows if x["condition"] == condition)
+        cells = ["/".join(f"{r[f'cross_{kind}@{_threshold_key(t)}']:.2f}" for t in thresholds) for kind in ("f1", "f1px")]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\nCross-domain: {label}, methods no detector saw in training. Predicting every "
+                               f"pixel forged scores F1 {floor['f1']:.2f} (mean per frame) on these frames.\n")
 
 
 def _method_f1(score: Mapping[str, Any], method: str) -> float | None:

@@ -301,10 +301,12 @@ def ray_map(fn: Callable[[Any], Any], items: Sequence[Any], *, cpus: float = 1.0
 
 
 def compact_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an evaluation the tables use: pooled F1/IoU overall and per method, frames, and
+    """The parts of an evaluation the tables use: F1/IoU (mean per frame) and pixel-pooled F1 overall
+    and per method, frames, and
     the trivial "every pixel forged" predictor on the same frames (the floor a detector must beat)."""
     def brief(s: Mapping[str, Any]) -> dict[str, float]:
-        return {"f1": s["pooled"]["f1"], "iou": s["pooled"]["iou"], "frames": s["frames"], "videos": s["videos"]}
+        return {"f1": s["pooled"]["f1"], "iou": s["pooled"]["iou"], "f1_pixel": s["pixel_pooled"]["f1"],
+                "frames": s["frames"], "videos": s["videos"]}
 
     return {"all": brief(scores), "by_method": {m: brief(s) for m, s in scores.get("by_method", {}).items()},
             "all_forged": dict(scores["baselines"]["all_ones"]["pooled"])}

@@ -174,7 +174,7 @@ def figure(rows: Sequence[Mapping[str, Any]], methods: Sequence[str],
                    label=f"{prefix}{condition}" if j == 0 else None)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_xlabel("test inpainting method (hatched = unseen in training)")
-    ax.set_ylabel("F1 (pooled)")
+    ax.set_ylabel("F1 (mean per frame)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
