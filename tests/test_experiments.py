@@ -4,6 +4,7 @@ experiments' content-keyed cache in a module-wide workdir)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -175,6 +176,32 @@ def test_ablation_threshold_table_means_seen_and_unseen_per_split():
     assert "thresholds 0.3/0.5" in lines[-1]
 
 
+def test_ablation_cross_domain_table_and_its_checks():
+    rows = [{"condition": "full", "label": "Full", "cross_f1@0.3": 0.2, "cross_f1@0.5": 0.1, "cross_f1px@0.3": 0.25,
+             "cross_f1px@0.5": 0.15}]  # fmt: skip
+    lines = ablation.format_cross_table(rows, [0.3, 0.5], "bmx-trees forged by iivi", {"f1": 0.07, "iou": 0.04}).splitlines()
+    assert lines[0] == "| variant | F1, mean per frame (0.3/0.5) | F1, pixel-pooled (0.3/0.5) |"
+    assert lines[2] == "| Full | 0.20/0.10 | 0.25/0.15 |" and "scores F1 0.07" in lines[-1]
+    cross = {"sources": ["davis"], "methods": ["iivi"], "method_cfgs": {"iivi": {"preset": "tiny"}}, "size_h": 32}
+    spec, _ = resolve_config("ablation", tiny=True, overrides={"cross_domain": cross})
+    assert (spec.cross.data.size_h, spec.cross.data.size_w, spec.cross.data.composed) == (32, 96, 0)
+    for bad, needle in [({**cross, "methods": []}, "cross_domain.methods"),
+                        ({**cross, "method_cfgs": {"telea": {}}}, "cross_domain.method_cfgs"),
+                        ({**cross, "method_cfgs": {"iivi": {"made_up": 1}}}, "made_up"),
+                        ({**cross, "sources": []}, "cross_domain.sources"), ({**cross, "extra": 1}, "extra")]:
+        with pytest.raises(ConfigError, match=needle):
+            resolve_config("ablation", tiny=True, overrides={"cross_domain": bad})
+
+
+def test_inpaint_quality_converged_share():
+    iivi = {"config": {"iters_recon": 100, "iters_reg": 50}, "metrics": {"train/iters_recon": 80, "train/iters": 120}}
+    assert inpaint_quality.converged(iivi) == 1.0  # both phases ended on a plateau
+    assert inpaint_quality.converged({**iivi, "metrics": {"train/iters_recon": 100, "train/iters": 130}}) == 0.0
+    assert inpaint_quality.converged({**iivi, "metrics": {"train/iters_recon": 80, "train/iters": 130}}) == 0.0
+    assert inpaint_quality.converged({"config": {"iterations": 10}, "metrics": {"train/updates": 10}}) == 0.0
+    assert math.isnan(inpaint_quality.converged({"config": {}, "metrics": {}}))  # telea: no iterations
+
+
 def test_compression_tables_pivot_codecs_and_double_compression():
     spec, _ = resolve_config("compression", tiny=True)
     rows = [{"condition": c["condition"], "iou": i / 100, "f1": i / 50} for i, c in enumerate(compression.conditions(spec))]
@@ -287,8 +314,20 @@ def test_ablation_tiny(exp_home):
     from vilocal_dist.engines.loop import fresh_model
     from vilocal_dist.experiments import run_experiment
 
-    spec, _ = resolve_config("ablation", tiny=True)
-    result = run_experiment("ablation", tiny=True)
+    # Cross-domain: a sequence the detectors never trained on (a DAVIS-layout folder), forged by IIVI,
+    # which no detector saw.
+    from vilocal_dist.data.composed import compose_video
+    from vilocal_dist.video.io import write_png_folder
+
+    footage = exp_home / "footage"
+    clip = compose_video(77, 6, (64, 96))
+    write_png_folder(footage / "Annotations" / "480p" / "street", clip.masks)
+    write_png_folder(footage / "JPEGImages" / "480p" / "street", clip.frames)
+    cross = {"sources": [str(footage)], "methods": ["iivi"],
+             "method_cfgs": {"iivi": {"preset": "tiny", "iters_recon": 6, "iters_reg": 0}}}
+    spec, _ = resolve_config("ablation", tiny=True, overrides={"cross_domain": cross})
+    assert spec.cross.methods == ("iivi",) and spec.cross.data.sources == (str(footage),)
+    result = run_experiment("ablation", tiny=True, overrides={"cross_domain": cross})
     names = [c.name for c in spec.conditions]
     assert names == ["no_hp3d", "no_contrastive", "random_frozen", "full", "finetune"]
     assert [r["condition"] for r in result.rows] == [n for n in names for _ in range(3)]
@@ -296,10 +335,13 @@ def test_ablation_tiny(exp_home):
     for row in result.rows:
         assert _in_unit(row["f1"]) and _in_unit(row["iou"]) and all(_in_unit(row[c]) for c in extra)
         assert row["test_f1@0.5"] == row["f1"]  # the main table is the test split at eval.threshold
-    assert (result.results_dir / "table.csv").read_text().splitlines()[0].endswith(",".join(extra))
+        assert all(_in_unit(row[f"cross_{k}@{t}"]) for k in ("f1", "f1px") for t in ("0.3", "0.5", "0.7"))
+    assert ",".join(extra) in (result.results_dir / "table.csv").read_text().splitlines()[0]
     assert "| variant | test, seen | test, unseen | train, seen | train, unseen |" in result.markdown
+    assert "Cross-domain: footage forged by iivi" in result.markdown
     children = {c.info.run_name: c for c in _check_recorded(result, {"plots/f1_by_method.png"}, set(names))}
     assert "train/unseen/f1_at_0.7" in children["full"].data.metrics
+    assert {"cross/f1_at_0.5", "cross/f1_pixel_at_0.5"} <= set(children["random_frozen"].data.metrics)
     assert children["finetune"].data.params["stage1_shared_with"] == "full"
     client, _ = _runs(result.experiment)
     finetune_runs = children["finetune"].data.tags["vilocal.train_runs"].split(",")
@@ -334,8 +376,20 @@ def test_inpaint_quality_tiny(exp_home):
     for row in result.rows:
         assert 5.0 < row["psnr"] < 100.0 and 0.0 < row["ssim"] <= 1.0 and row["videos"] == 1
         assert 0.0 < row["ssim_hole"] < row["ssim"]  # the hole is where the errors are
-    children = _check_recorded(result, {"plots/quality.png", "per_video.csv", "per_video.md"}, set(names))
+    children = _check_recorded(result, {"plots/quality.png", "plots/curves.png", "per_video.csv", "per_video.md",
+                                        "curves.json"}, set(names))  # fmt: skip
     assert all("fixed/psnr" in c.data.metrics and "object/tc" in c.data.metrics for c in children)
+    rows = {(r["condition"], r["protocol"]): r for r in result.rows}
+    assert all(r["seconds"] > 0 for r in result.rows)  # every method's wall time per video
+    assert rows[("iivi", "object")]["iterations"] == 6 and rows[("intervi", "fixed")]["iterations"] == 6
+    curves = {c["condition"] for c in json.loads((result.results_dir / "curves.json").read_text())}
+    assert {"iivi", "iivi w/o L_amb", "intervi"} <= curves and "telea" not in curves
+    # The forge's run of each video holds the learning curve as stepped metrics, hole PSNR included.
+    client, _ = _runs("vilocal-forge")
+    iivi_runs = [r for r in _runs("vilocal-forge")[1] if r.data.params.get("method") == "iivi"]
+    assert iivi_runs
+    history = client.get_metric_history(iivi_runs[0].info.run_id, "curve/true_hole_psnr")
+    assert [m.step for m in history] == [4, 6] and all(5.0 < m.value < 100.0 for m in history)
 
 
 def test_demo_presets_are_experiment_specs_checked_once():
@@ -352,3 +406,13 @@ def test_demo_presets_are_experiment_specs_checked_once():
         resolve_preset("smoke", {"train.alpah": 0.5})
     with pytest.raises(ConfigError, match="train_on: 'iivi' is not among the forged methods"):
         resolve_preset("smoke", {"train_on": ["iivi"]})
+
+
+def test_demo_names_the_iivi_budget_it_used():
+    from vilocal_dist.experiments.demo import budget_note, resolve_preset
+
+    quality = {"iivi": {"hole_psnr": 14.25, "seconds": 6.1, "iterations": 60.0},
+               "telea": {"hole_psnr": 20.3, "seconds": 0.05, "iterations": math.nan}}  # fmt: skip
+    note = budget_note(resolve_preset("default"), quality)
+    assert "iivi 14.2 dB (6.1 s/video), telea 20.3 dB" in note and "budget of 60 iterations per video" in note
+    assert "budget" not in budget_note(resolve_preset("smoke"), {"telea": quality["telea"]})  # no internal method

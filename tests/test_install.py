@@ -116,6 +116,9 @@ def test_demo_runs_from_an_unrelated_folder(venv: Path, tmp_path: Path) -> None:
     run(["vilocal", "demo", "--preset", "smoke"], clean_env(venv, tmp_path / "home"), work)
     summary = json.loads((tmp_path / "home" / "demo-smoke" / "summary.json").read_text())
     assert summary["sweep"]["trials"] >= 1, "the demo's sweep step (sweeps/demo.yaml, packaged) ran no trial"
+    # What the forgers' fills scored against the composed videos' clean backgrounds, and their cost.
+    assert set(summary["fill_quality"]) == {"telea", "ns"}
+    assert all(5 < q["hole_psnr"] < 60 and q["seconds"] > 0 for q in summary["fill_quality"].values())
     assert not (work / "runs").exists(), "outputs belong under VILOCAL_HOME, not the working folder"
 
 
