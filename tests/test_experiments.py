@@ -188,7 +188,8 @@ def test_ablation_cross_domain_table_and_its_checks():
     for bad, needle in [({**cross, "methods": []}, "cross_domain.methods"),
                         ({**cross, "method_cfgs": {"telea": {}}}, "cross_domain.method_cfgs"),
                         ({**cross, "method_cfgs": {"iivi": {"made_up": 1}}}, "made_up"),
-                        ({**cross, "sources": []}, "cross_domain.sources"), ({**cross, "extra": 1}, "extra")]:
+                        ({**cross, "sources": []}, "cross_domain.sources"), ({**cross, "extra": 1}, "extra"),
+                        ({**cross, "size_w": "wide"}, "size_h/size_w must be integers")]:
         with pytest.raises(ConfigError, match=needle):
             resolve_config("ablation", tiny=True, overrides={"cross_domain": bad})
 

@@ -157,11 +157,11 @@ def _cross_domain(raw: Any, setup: Setup, source: str | Path | None) -> CrossDom
     if not isinstance(cfgs, Mapping) or set(cfgs) - set(methods):
         raise ConfigError(f"cross_domain.method_cfgs must be a mapping over cross_domain.methods {list(methods)}", source)
     method_cfgs = {m: check_method_cfg(m, cfgs.get(m) or {}, f"cross_domain.method_cfgs.{m}", source) for m in methods}
-    size = {k: raw.get(k, getattr(setup.data, k)) for k in ("size_h", "size_w")}
-    data = dataclasses.replace(setup.data, dataset="", sources=tuple(sources), composed=0,
-                               max_frames=int(raw.get("max_frames", setup.data.max_frames)), **size)
-    if data.size_h < 16 or data.size_w < 16 or data.max_frames < 0:
-        raise ConfigError("cross_domain: size_h/size_w ≥ 16 and max_frames ≥ 0 are needed", source)
+    sizes = {k: raw.get(k, getattr(setup.data, k)) for k in ("size_h", "size_w", "max_frames")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()) or min(
+            sizes["size_h"], sizes["size_w"]) < 16 or sizes["max_frames"] < 0:  # fmt: skip
+        raise ConfigError(f"cross_domain: size_h/size_w must be integers ≥ 16 and max_frames ≥ 0, got {sizes}", source)
+    data = dataclasses.replace(setup.data, dataset="", sources=tuple(sources), composed=0, **sizes)
     return CrossDomain(data, tuple(methods), method_cfgs)
 
 
