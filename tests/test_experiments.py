@@ -216,12 +216,18 @@ def test_compression_tables_pivot_codecs_and_double_compression():
 
 
 def test_quality_table_per_protocol_columns():
-    rows = [{"condition": "iivi", "type": "internal", "protocol": "fixed", "psnr": 30.123, "ssim": 0.9444, "tc": 35.0},
-            {"condition": "iivi", "type": "internal", "protocol": "object", "psnr": 31.0, "ssim": 0.95, "tc": math.nan}]
+    cost = {"seconds": 10.0, "iterations": 300.0}
+    rows = [{"condition": "iivi", "type": "internal", "protocol": "fixed", "psnr": 30.123, "ssim": 0.9444, "tc": 35.0,
+             **cost, "converged": 1.0},
+            {"condition": "iivi", "type": "internal", "protocol": "object", "psnr": 31.0, "ssim": 0.95, "tc": math.nan,
+             "seconds": 20.0, "iterations": 500.0, "converged": 0.5},
+            {"condition": "telea", "type": "classical", "protocol": "fixed", "psnr": 25.0, "ssim": 0.9, "tc": 30.0,
+             "seconds": 0.1, "iterations": math.nan, "converged": math.nan}]  # fmt: skip
     lines = inpaint_quality.format_table(rows).splitlines()
     assert lines[0] == ("| method | type | fixed masks PSNR | fixed masks SSIM | fixed masks TC | object masks PSNR "
-                        "| object masks SSIM | object masks TC |")
-    assert lines[2] == "| iivi | internal | 30.12 | 0.944 | 35.00 | 31.00 | 0.950 | – |"
+                        "| object masks SSIM | object masks TC | time (s) | its (converged) |")
+    assert lines[2] == "| iivi | internal | 30.12 | 0.944 | 35.00 | 31.00 | 0.950 | – | 15.0 | 400 (75%) |"
+    assert lines[3] == "| telea | classical | 25.00 | 0.900 | 30.00 | – | – | – | 0.1 | – |"
 
 
 # ----------------------------------------------------------------------------- end to end (tiny)
