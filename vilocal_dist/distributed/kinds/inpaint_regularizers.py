@@ -85,6 +85,12 @@ class InpaintRegularizers(SweepKind):
 
         base = dict(spec.base)
         method = base.pop("method", "iivi")
+        if method == "iivi" and "recon_cache" not in base:
+            # λ_a, λ_s act in phase 2 only: every trial of a video starts phase 2 from the same phase 1,
+            # paid once per video and node instead of once per trial.
+            from vilocal_dist.tracking.setup import home_dir
+
+            base["recon_cache"] = str(home_dir() / "cache" / "iivi-recon")
         d: InpaintData = spec.data
         size = parse_size(d.size) if d.sources and d.size else None
         r = spec.resources
