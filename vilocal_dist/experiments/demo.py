@@ -179,8 +179,9 @@ def budget_note(spec: DemoSpec, quality: Mapping[str, Mapping[str, float]]) -> s
         cfg = spec.setup.method_cfgs.get("iivi") or {}
         text += (f".\nIIVI ran a fixed demo budget of {quality['iivi']['iterations']:.0f} iterations per video "
                  f"(preset {cfg.get('preset', 'paper')}, iters_recon={cfg.get('iters_recon')}, iters_reg={cfg.get('iters_reg')}), "
-                 "far from converged: run to its stopping rule it takes minutes per video on 2 cores and fills far "
-                 "better (README, 'Inpainting quality').")  # fmt: skip
+                 "far from converged: run to its stopping rule it takes thousands of iterations (minutes per video "
+                 "on 2 cores) and then fills composed object masks as well as flow propagation (README, "
+                 "'Inpainting quality').")  # fmt: skip
     return text
 
 
