@@ -45,10 +45,11 @@ from vilocal_dist.experiments.common import (
 )
 
 COLUMNS = ["condition", "method", "type", "protocol", "psnr", "ssim", "psnr_hole", "ssim_hole", "tc", "seconds",
-           "iterations", "videos"]
+           "iterations", "converged", "videos"]
 PROTOCOLS = ("fixed", "object")
 METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "tc")
 COSTS = ("seconds", "iterations", "converged")  # per video: wall time, iterations, 1 if the stopping rule ended it
+CONDITION_KEYS = ("name", "method", "type", "cfg")
 
 
 def converged(record: Mapping[str, Any]) -> float:
@@ -62,7 +63,6 @@ def converged(record: Mapping[str, Any]) -> float:
     if "train/updates" in metrics and "iterations" in cfg:  # InterVI
         return float(metrics["train/updates"] < cfg["iterations"])
     return math.nan
-CONDITION_KEYS = ("name", "method", "type", "cfg")
 
 
 @dataclass(frozen=True)
