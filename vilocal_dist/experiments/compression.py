@@ -268,7 +268,7 @@ def figure(rows: Sequence[Mapping[str, Any]], config: CompressionConfig) -> Any:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{i}", label=codec)
         ax.axhline(none[metric], color="0.4", ls=":", label="no re-encoding")
         ax.set_xlabel("CRF")
-        ax.set_ylabel(f"{'F1' if metric == 'f1' else 'IoU'} (pooled)")
+        ax.set_ylabel(f"{'F1' if metric == 'f1' else 'IoU'} (mean per frame)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
