@@ -38,18 +38,20 @@ def source_name(source: Source) -> str:
     return source.name if isinstance(source, (ComposedVideo, VideoSource)) else open_source(source).name
 
 
-def _load(source: Source, size: tuple[int, int] | None, max_frames: int | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(frames uint8 T×H×W×3, masks bool T×H×W, spec string) of any source."""
+def _load(
+    source: Source, size: tuple[int, int] | None, max_frames: int | None
+) -> tuple[np.ndarray, np.ndarray, str, ComposedVideo | VideoSource]:
+    """(frames uint8 T×H×W×3, masks bool T×H×W, spec string, the opened source) of any source."""
     if isinstance(source, ComposedVideo):
         frames, masks = source.frames[:max_frames], source.masks[:max_frames]
         if size is not None:
             frames = np.stack([resize_frame(f, size) for f in frames])
             masks = np.stack([resize_mask(m, size) for m in masks])
         spec = f"composed:{'-'.join(str(s) for s in source.meta.get('seed', []))}"
-        return frames, masks, spec
+        return frames, masks, spec, source
     src = open_source(source)
     frames, masks = load_video(src, size=size, max_frames=max_frames)
-    return frames, masks, src.spec
+    return frames, masks, src.spec, src
 
 
 #: At most this many learning-curve points per record (a manifest of thousands of videos stays small).
@@ -64,12 +66,11 @@ def thin_curve(points: list[dict[str, float]], keep: int = CURVE_POINTS) -> list
     return [points[i] for i in picks]
 
 
-def _truth(source: Source, size: tuple[int, int] | None, frames: int) -> np.ndarray | None:
-    """The source's clean backgrounds (uint8 T×H×W×3 at the working size), or None."""
-    if isinstance(source, ComposedVideo):
-        bgs = source.backgrounds[:frames]
+def _truth(src: ComposedVideo | VideoSource, size: tuple[int, int] | None, frames: int) -> np.ndarray | None:
+    """The opened source's clean backgrounds (uint8 T×H×W×3 at the working size), or None."""
+    if isinstance(src, ComposedVideo):
+        bgs = src.backgrounds[:frames]
         return np.stack([resize_frame(f, size) for f in bgs]) if size is not None else bgs
-    src = source if isinstance(source, VideoSource) else open_source(source)
     if not src.has_backgrounds:
         return None
     out = []
@@ -107,13 +108,13 @@ def forge_video(
     if stored is not None:
         return publish(out_root, [stored])[0] if publish_record else stored
     inpaint = get_method(method)  # unknown names fail before any decoding
-    frames, masks, spec = _load(source, size, max_frames)
+    frames, masks, spec, opened = _load(source, size, max_frames)
     if not masks.any():
         raise InputError("the source's masks are empty: there is nothing to remove", spec)
     # Checkpoints of long methods live here, so a retried trial resumes instead of restarting.
     workdir = _workdir(dataset, vid)
     started = time.perf_counter()
-    with watch(gt_frames=_truth(source, size, len(frames))):
+    with watch(gt_frames=_truth(opened, size, len(frames))):
         result = inpaint(frames, masks, dict(cfg or {}), seed=seed, progress=progress, workdir=workdir)
     seconds = time.perf_counter() - started
     record = {
