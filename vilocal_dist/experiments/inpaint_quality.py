@@ -331,29 +331,8 @@ def figure(rows: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def curves_figure(per_video: Sequence[Mapping[str, Any]]) -> Any:
-    """Learning curves of the internal methods: hole PSNR against the ground truth and the
-    self-validation PSNR, against iterations and seconds; one colour per condition, a line per video."""
-    import matplotlib
+    """Learning curves of the internal methods: one colour per condition, a line per video."""
+    from vilocal_dist.inpaint.curves import curves_figure as figure_of
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_curves = [r for r in per_video if r["history"]]
-    conditions = list(dict.fromkeys(r["condition"] for r in with_curves))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
-    for r in with_curves:
-        colour = f"C{conditions.index(r['condition'])}"
-        first = r is next(x for x in with_curves if x["condition"] == r["condition"])
-        for row, key in enumerate(("true/hole_psnr", "selfval/psnr")):
-            pts = [p for p in r["history"] if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
-            for col, x in enumerate(("iteration", "seconds")):
-                axes[row][col].plot([p[x] for p in pts], [p[key] for p in pts], color=colour, alpha=0.7, lw=1,
-                                    label=r["condition"] if first and pts else None)  # fmt: skip
-    axes[0][0].set_ylabel("hole PSNR vs ground truth (dB)")
-    axes[1][0].set_ylabel("self-validation PSNR (dB)")
-    axes[1][0].set_xlabel("iterations")
-    axes[1][1].set_xlabel("seconds")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Learning curves of the internal methods (one line per video)")
-    fig.tight_layout()
-    return fig
+    return figure_of([(r["condition"], r["history"]) for r in per_video if r["history"]],
+                     "Learning curves of the internal methods (one line per video)")

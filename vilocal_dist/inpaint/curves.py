@@ -118,33 +118,42 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(curves: Sequence[Curve], path: str | Path, title: str = "") -> Path:
-    """2×2: hole PSNR and self-validation PSNR against iterations and against seconds, one colour per
-    variant (one line per video)."""
+def curves_figure(lines: Sequence[tuple[str, Sequence[Mapping[str, float]]]], title: str = "") -> Any:
+    """2×2 figure: hole PSNR against the ground truth and self-validation PSNR, against iterations
+    and against seconds; ``lines`` = (label, curve points), one colour per label, a line each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
-    colours = {v: f"C{i}" for i, v in enumerate(dict.fromkeys(c.variant for c in curves))}
-    for c in curves:
+    labels = list(dict.fromkeys(label for label, _ in lines))
+    legended: set[str] = set()
+    for label, points in lines:
         for row, key in enumerate(("true/hole_psnr", "selfval/psnr")):
-            pts = [p for p in c.points if key in p and math.isfinite(p[key])]
+            pts = [p for p in points if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
             if not pts:
                 continue
             for col, x in enumerate(("iteration", "seconds")):
-                first = c.video == next(k.video for k in curves if k.variant == c.variant)
-                axes[row][col].plot([p[x] for p in pts], [p[key] for p in pts], color=colours[c.variant],
-                                    alpha=0.85, label=c.variant if first else None)  # fmt: skip
-    for row, label in enumerate(("hole PSNR vs ground truth (dB)", "self-validation PSNR (dB)")):
-        axes[row][0].set_ylabel(label)
-    for col, label in enumerate(("iterations", "seconds")):
-        axes[1][col].set_xlabel(label)
+                axes[row][col].plot([p[x] for p in pts], [p[key] for p in pts], color=f"C{labels.index(label)}",
+                                    alpha=0.8, lw=1, label=None if label in legended else label)  # fmt: skip
+            legended.add(label)
+    axes[0][0].set_ylabel("hole PSNR vs ground truth (dB)")
+    axes[1][0].set_ylabel("self-validation PSNR (dB)")
+    axes[1][0].set_xlabel("iterations")
+    axes[1][1].set_xlabel("seconds")
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: Sequence[Curve], path: str | Path, title: str = "") -> Path:
+    """``curves_figure`` of every (variant, video) curve, saved as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure([(c.variant, c.points) for c in curves], title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
